@@ -1,0 +1,1 @@
+"""The transcription engine: audio -> features -> tokens -> words. Pure logic plus ONNX sessions."""

@@ -1,0 +1,186 @@
+"""Whole-file transcription: VAD windows -> batched Whisper -> words, text and confidence.
+
+:class:`WhisperEngine` is the engine the service and the CLI use (it satisfies ``types.Engine``).
+It loads a verified bundle, warms up, and turns 16 kHz samples into a :class:`Transcript`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_worker.model.bundle import BundleManifest, verify_bundle
+from oyez.errors import UnsupportedLanguage
+from oyez.logs import get_logger
+
+from .alignment import FRAMES_PER_SECOND, token_start_times
+from .batcher import DynamicBatcher
+from .decoding import DecodedWindow, build_prompt
+from .features import HOP_LENGTH, log_mel_spectrogram
+from .onnx_model import WhisperOnnx
+from .segmenter import Span, VadConfig, plan_windows, speech_regions
+from .tokenizer import Tokenizer
+from .types import Samples, StreamOptions, StreamSession, TranscribeOptions, Transcript, Word
+from .vad import SileroVad
+from .words import build_words, clean_text
+
+SAMPLE_RATE = 16000
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    require_gpu: bool = False
+    device_id: int = 0
+    intra_op_threads: int = 0
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+
+
+@dataclass(frozen=True)
+class WindowText:
+    """One decoded window, placed on the file's timeline."""
+
+    text: str
+    words: list[Word]
+    token_count: int
+    probability_sum: float
+
+
+class WhisperEngine:
+    def __init__(self, bundle_dir: Path, config: EngineConfig = EngineConfig(), manifest: BundleManifest | None = None):
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest or verify_bundle(bundle_dir)
+        self.config = config
+        self.model = WhisperOnnx(
+            bundle_dir,
+            self.manifest,
+            require_gpu=config.require_gpu,
+            device_id=config.device_id,
+            intra_op_threads=config.intra_op_threads,
+        )
+        self.tokenizer = Tokenizer.from_file(bundle_dir / "vocabulary.txt", self.manifest.special_tokens.eot)
+        self.vad = SileroVad(bundle_dir / "vad.onnx")
+        self.vad_config = VadConfig()
+        self.batcher = DynamicBatcher(self.model, config.max_batch, config.max_wait_ms)
+
+    # --- Engine protocol -------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return f"{self.manifest.name}-{self.manifest.precision}"
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return self.manifest.prompt_language_codes
+
+    def check_language(self, language: str) -> str:
+        code = (language or "en").strip().lower()
+        if code in self.languages:
+            return code
+        if not self.manifest.multilingual:
+            raise UnsupportedLanguage(
+                f"Model {self.manifest.name} transcribes English only; language {code!r} is not supported. "
+                "Use language=en or deploy a multilingual model such as whisper-base.",
+                supported_languages=list(self.languages),
+            )
+        raise UnsupportedLanguage(
+            f"Language {code!r} is not one model {self.manifest.name} knows; use an ISO 639-1 code "
+            f"such as {', '.join(self.languages[:8])}.",
+            supported_languages=list(self.languages),
+        )
+
+    async def transcribe(self, samples: Samples, options: TranscribeOptions) -> Transcript:
+        language = self.check_language(options.language)
+        windows = await asyncio.to_thread(self.plan_windows, samples)
+        prompt = build_prompt(self.manifest, language)
+        mels = await asyncio.to_thread(self._features, samples, windows)
+        decoded = await asyncio.gather(*(self.batcher.submit_async(mel, prompt) for mel in mels))
+        return self._assemble(samples, windows, list(decoded), options, language)
+
+    def transcribe_sync(self, samples: Samples, options: TranscribeOptions) -> Transcript:
+        """The same as :meth:`transcribe`, for callers without an event loop (CLI, benchmarks)."""
+        language = self.check_language(options.language)
+        windows = self.plan_windows(samples)
+        prompt = build_prompt(self.manifest, language)
+        futures = [self.batcher.submit(mel, prompt) for mel in self._features(samples, windows)]
+        return self._assemble(samples, windows, [f.result() for f in futures], options, language)
+
+    def open_stream(self, options: StreamOptions) -> StreamSession:
+        from .streaming import WhisperStream
+
+        return WhisperStream(self, options)
+
+    # --- pieces ----------------------------------------------------------------------------
+    def plan_windows(self, samples: Samples) -> list[Span]:
+        probs = self.vad.speech_probabilities(samples)
+        return plan_windows(speech_regions(probs, samples.shape[0], self.vad_config), probs)
+
+    def _features(self, samples: Samples, windows: list[Span]) -> list[np.ndarray]:
+        n_mels = self.manifest.dims.n_mels
+        return [log_mel_spectrogram(samples[w.start : w.end], n_mels) for w in windows]
+
+    def decode_window_sync(self, window_samples: Samples, language: str) -> DecodedWindow:
+        mel = log_mel_spectrogram(window_samples, self.manifest.dims.n_mels)
+        return self.batcher.submit(mel, build_prompt(self.manifest, language)).result()
+
+    async def decode_window(self, window_samples: Samples, language: str) -> DecodedWindow:
+        mel = await asyncio.to_thread(log_mel_spectrogram, window_samples, self.manifest.dims.n_mels)
+        return await self.batcher.submit_async(mel, build_prompt(self.manifest, language))
+
+    def window_text(self, decoded: DecodedWindow, offset: float, length_samples: int, options: TranscribeOptions) -> WindowText:
+        text = clean_text(self.tokenizer.decode(decoded.tokens), options.punctuate)
+        words: list[Word] = []
+        if options.timestamps and decoded.tokens:
+            n_frames = -(-length_samples // (HOP_LENGTH * 2))
+            starts = token_start_times(decoded.alignment, n_frames)
+            groups = self.tokenizer.split_words(decoded.tokens)
+            window_end = offset + length_samples / SAMPLE_RATE
+            words = build_words(groups, decoded.probabilities, starts, offset, window_end, options.punctuate)
+        return WindowText(text, words, len(decoded.probabilities), float(sum(decoded.probabilities)))
+
+    def _assemble(
+        self,
+        samples: Samples,
+        windows: list[Span],
+        decoded: list[DecodedWindow],
+        options: TranscribeOptions,
+        language: str,
+    ) -> Transcript:
+        pieces = [
+            self.window_text(result, window.start / SAMPLE_RATE, window.length, options)
+            for window, result in zip(windows, decoded, strict=True)
+        ]
+        tokens = sum(p.token_count for p in pieces)
+        confidence = sum(p.probability_sum for p in pieces) / tokens if tokens else 0.0
+        return Transcript(
+            text=" ".join(p.text for p in pieces if p.text),
+            words=[w for p in pieces for w in p.words] if options.timestamps else [],
+            confidence=round(confidence, 4),
+            duration=round(samples.shape[0] / SAMPLE_RATE, 3),
+            language=language,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def warmup(self) -> float:
+        """Run the whole path once (VAD, features, encoder, decoder at batch 1 and max batch)."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(0)
+        noise = (rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)
+        self.vad.speech_probabilities(noise)
+        self.decode_window_sync(noise, self.languages[0])
+        mel = log_mel_spectrogram(noise, self.manifest.dims.n_mels)
+        prompt = build_prompt(self.manifest, self.languages[0])
+        futures = [self.batcher.submit(mel, prompt) for _ in range(self.config.max_batch)]
+        for future in futures:
+            future.result()
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.batcher.stop()
+
+
+assert FRAMES_PER_SECOND * HOP_LENGTH * 2 == SAMPLE_RATE

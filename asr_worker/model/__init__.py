@@ -1,0 +1,1 @@
+"""Model bundles: build (CTranslate2 weights -> ONNX), fetch (MODEL_URL), verify and load."""
