@@ -98,3 +98,31 @@ def plan_windows(
         else:
             windows.append(piece)
     return windows
+
+
+def widen_windows(windows: list[Span], total: int, pad: int, max_samples: int = MAX_WINDOW_SAMPLES) -> list[Span]:
+    """Give each window up to ``pad`` samples of context on both sides, without overlapping a
+    neighbour (each side stops at the midpoint of the gap) or growing past ``max_samples``."""
+    widened: list[Span] = []
+    for index, window in enumerate(windows):
+        left_limit = (windows[index - 1].end + window.start) // 2 if index else 0
+        right_limit = (window.end + windows[index + 1].start) // 2 if index + 1 < len(windows) else total
+        room = max(0, max_samples - window.length)
+        left = min(pad, window.start - left_limit, room // 2)
+        right = min(pad, right_limit - window.end, room - left)
+        widened.append(Span(window.start - left, window.end + right))
+    return widened
+
+
+def plan_file_windows(
+    probs: npt.NDArray[np.float32], total: int, config: VadConfig = VadConfig(), context_pad: int = SAMPLE_RATE // 2
+) -> list[Span]:
+    """Windows for a whole file. No speech: none. Up to 30 s with speech: the whole file as one
+    window (Whisper is trained on whole utterances, and trimming measurably costs accuracy).
+    Longer: speech regions packed into windows cut at pauses, each given some context."""
+    regions = speech_regions(probs, total, config)
+    if not regions:
+        return []
+    if total <= MAX_WINDOW_SAMPLES:
+        return [Span(0, total)]
+    return widen_windows(plan_windows(regions, probs), total, context_pad)

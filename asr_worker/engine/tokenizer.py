@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PUNCTUATION = frozenset(string.punctuation) | frozenset("。，！？：”“、¿¡«»…")
+WORD_JOINERS = frozenset({"-", "'", "’"})
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +75,8 @@ class Tokenizer:
             pieces.append((pending_bytes.decode("utf-8", errors="replace"), pending))
         words: list[tuple[str, list[int]]] = []
         for text, ids in pieces:
-            starts_word = text.startswith(" ") or text.strip() in PUNCTUATION or not words
+            joiner = text in WORD_JOINERS  # "ill" + "-" + "disposed", "don" + "'t"
+            starts_word = not words or text.startswith(" ") or (text.strip() in PUNCTUATION and not joiner)
             if starts_word:
                 words.append((text, list(ids)))
             else:

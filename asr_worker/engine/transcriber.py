@@ -22,11 +22,11 @@ from .batcher import DynamicBatcher
 from .decoding import DecodedWindow, build_prompt
 from .features import HOP_LENGTH, log_mel_spectrogram
 from .onnx_model import WhisperOnnx
-from .segmenter import Span, VadConfig, plan_windows, speech_regions
+from .segmenter import Span, VadConfig, plan_file_windows, speech_regions
 from .tokenizer import Tokenizer
 from .types import Samples, StreamOptions, StreamSession, TranscribeOptions, Transcript, Word
 from .vad import SileroVad
-from .words import build_words, clean_text
+from .words import build_words, clean_text, snap_to_speech
 
 SAMPLE_RATE = 16000
 log = get_logger(__name__)
@@ -39,6 +39,12 @@ class EngineConfig:
     intra_op_threads: int = 0
     max_batch: int = 8
     max_wait_ms: float = 10.0
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    windows: list[Span]
+    speech: list[tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -95,19 +101,19 @@ class WhisperEngine:
 
     async def transcribe(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         language = self.check_language(options.language)
-        windows = await asyncio.to_thread(self.plan_windows, samples)
+        plan = await asyncio.to_thread(self.plan, samples)
         prompt = build_prompt(self.manifest, language)
-        mels = await asyncio.to_thread(self._features, samples, windows)
+        mels = await asyncio.to_thread(self._features, samples, plan.windows)
         decoded = await asyncio.gather(*(self.batcher.submit_async(mel, prompt) for mel in mels))
-        return self._assemble(samples, windows, list(decoded), options, language)
+        return self._assemble(samples, plan, list(decoded), options, language)
 
     def transcribe_sync(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         """The same as :meth:`transcribe`, for callers without an event loop (CLI, benchmarks)."""
         language = self.check_language(options.language)
-        windows = self.plan_windows(samples)
+        plan = self.plan(samples)
         prompt = build_prompt(self.manifest, language)
-        futures = [self.batcher.submit(mel, prompt) for mel in self._features(samples, windows)]
-        return self._assemble(samples, windows, [f.result() for f in futures], options, language)
+        futures = [self.batcher.submit(mel, prompt) for mel in self._features(samples, plan.windows)]
+        return self._assemble(samples, plan, [f.result() for f in futures], options, language)
 
     def open_stream(self, options: StreamOptions) -> StreamSession:
         from .streaming import WhisperStream
@@ -116,8 +122,14 @@ class WhisperEngine:
 
     # --- pieces ----------------------------------------------------------------------------
     def plan_windows(self, samples: Samples) -> list[Span]:
+        return self.plan(samples).windows
+
+    def plan(self, samples: Samples) -> FilePlan:
+        """VAD once: the windows to decode and the speech spans (seconds) for word snapping."""
         probs = self.vad.speech_probabilities(samples)
-        return plan_windows(speech_regions(probs, samples.shape[0], self.vad_config), probs)
+        regions = speech_regions(probs, samples.shape[0], self.vad_config)
+        speech = [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in regions]
+        return FilePlan(plan_file_windows(probs, samples.shape[0], self.vad_config), speech)
 
     def _features(self, samples: Samples, windows: list[Span]) -> list[np.ndarray]:
         n_mels = self.manifest.dims.n_mels
@@ -145,20 +157,20 @@ class WhisperEngine:
     def _assemble(
         self,
         samples: Samples,
-        windows: list[Span],
+        plan: FilePlan,
         decoded: list[DecodedWindow],
         options: TranscribeOptions,
         language: str,
     ) -> Transcript:
         pieces = [
             self.window_text(result, window.start / SAMPLE_RATE, window.length, options)
-            for window, result in zip(windows, decoded, strict=True)
+            for window, result in zip(plan.windows, decoded, strict=True)
         ]
         tokens = sum(p.token_count for p in pieces)
         confidence = sum(p.probability_sum for p in pieces) / tokens if tokens else 0.0
         return Transcript(
             text=" ".join(p.text for p in pieces if p.text),
-            words=[w for p in pieces for w in p.words] if options.timestamps else [],
+            words=snap_to_speech([w for p in pieces for w in p.words], plan.speech) if options.timestamps else [],
             confidence=round(confidence, 4),
             duration=round(samples.shape[0] / SAMPLE_RATE, 3),
             language=language,

@@ -76,6 +76,31 @@ def merge_punctuation(pieces: list[TimedPiece]) -> list[TimedPiece]:
     return merged
 
 
+def snap_to_speech(words: list[Word], speech: list[tuple[float, float]]) -> list[Word]:
+    """Move word edges that fall in VAD silence onto the nearest speech edge inside the word.
+
+    Cross-attention alignment tends to let a word absorb the pause before it (the first word of a
+    window starts at the window start). VAD knows where the pause is: a start inside silence moves
+    forward to the next speech onset, an end inside silence moves back to the last speech offset,
+    whenever that keeps ``start <= end``.
+    """
+    if not speech:
+        return words
+    snapped: list[Word] = []
+    for word in words:
+        start, end = word.start, word.end
+        if not any(a <= start < b for a, b in speech):
+            onsets = [a for a, _ in speech if start < a <= end]
+            if onsets:
+                start = onsets[0]
+        if not any(a < end <= b for a, b in speech):
+            offsets = [b for _, b in speech if start <= b < end]
+            if offsets:
+                end = offsets[-1]
+        snapped.append(Word(word.word, round(start, 3), round(end, 3), word.confidence))
+    return snapped
+
+
 def build_words(
     word_groups: list[tuple[str, list[int]]],
     probabilities: list[float],
