@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -22,19 +23,19 @@ _ENV_LOG_LEVEL = "OYEZ_LOG_LEVEL"
 _REDACTED_KEYS = frozenset({"license_key", "authorization", "token", "api_key", "password", "secret"})
 
 
-def _rename_event(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _rename_event(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event_dict["message"] = event_dict.pop("event", "")
     return event_dict
 
 
-def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event_dict):
         if key.lower() in _REDACTED_KEYS:
             event_dict[key] = "[redacted]"
     return event_dict
 
 
-def _human_renderer(_: Any, __: str, event_dict: dict[str, Any]) -> str:
+def _human_renderer(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
     level = str(event_dict.pop("level", "info")).upper()
     message = event_dict.pop("message", "")
     event_dict.pop("timestamp", None)
@@ -52,9 +53,7 @@ def configure_logging(
     chosen_format: str = fmt or os.environ.get(_ENV_LOG_FORMAT, "json")
     chosen_level = (level or os.environ.get(_ENV_LOG_LEVEL, "INFO")).upper()
     numeric_level = logging.getLevelNamesMapping().get(chosen_level, logging.INFO)
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if chosen_format == "json" else _human_renderer
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if chosen_format == "json" else _human_renderer
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -75,8 +74,9 @@ def configure_logging(
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A structlog logger; ``name`` becomes the ``logger`` field."""
-    return structlog.get_logger(name) if name is None else structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger (it follows a later :func:`configure_logging`); ``name`` becomes
+    the ``logger`` field."""
+    return structlog.get_logger() if name is None else structlog.get_logger(logger_name=name)
 
 
 def bind_request_id(request_id: str) -> None:

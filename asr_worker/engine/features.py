@@ -48,8 +48,8 @@ def _mel_to_hz(mels: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 def mel_filterbank(n_mels: int = 80, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> FloatArray:
     """Slaney-normalised triangular filters, ``[n_mels, n_fft // 2 + 1]`` (librosa's default)."""
     fft_freqs = np.linspace(0.0, sample_rate / 2, 1 + n_fft // 2)
-    edges = np.array([0.0, sample_rate / 2])
-    mel_points = np.linspace(*_hz_to_mel(edges), n_mels + 2)
+    low, high = _hz_to_mel(np.array([0.0, sample_rate / 2]))
+    mel_points = np.linspace(float(low), float(high), n_mels + 2)
     mel_freqs = _mel_to_hz(mel_points)
     widths = np.diff(mel_freqs)
     ramps = mel_freqs[:, None] - fft_freqs[None, :]
@@ -78,4 +78,5 @@ def log_mel_spectrogram(samples: FloatArray, n_mels: int = 80) -> FloatArray:
     mel = mel_filterbank(n_mels) @ power.T.astype(np.float32)
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    features: FloatArray = ((log_spec + 4.0) / 4.0).astype(np.float32)
+    return features

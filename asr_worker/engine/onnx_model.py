@@ -139,9 +139,12 @@ class WhisperOnnx:
         self_v: npt.NDArray[np.float32],
         cross_k: npt.NDArray[np.float32],
         cross_v: npt.NDArray[np.float32],
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    ) -> tuple[
+        npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
+    ]:
         """One decoder call; returns logits, new self K/V and the alignment heads' attention."""
         logits, new_k, new_v, alignment = self.decoder.run(
-            None, {"tokens": tokens, "self_k": self_k, "self_v": self_v, "cross_k": cross_k, "cross_v": cross_v}
+            None,
+            {"tokens": tokens, "self_k": self_k, "self_v": self_v, "cross_k": cross_k, "cross_v": cross_v},
         )
         return logits, new_k, new_v, alignment

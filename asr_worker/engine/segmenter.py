@@ -37,7 +37,9 @@ class Span:
         return self.end - self.start
 
 
-def speech_regions(probs: npt.NDArray[np.float32], total_samples: int, config: VadConfig = VadConfig()) -> list[Span]:
+def speech_regions(
+    probs: npt.NDArray[np.float32], total_samples: int, config: VadConfig = VadConfig()
+) -> list[Span]:
     """Hysteresis over the probabilities: speech starts above ``threshold`` and ends after
     ``min_silence_ms`` below ``neg_threshold``; short blips are dropped; regions are padded."""
     min_silence = int(config.min_silence_ms * SAMPLE_RATE / 1000 / CHUNK) or 1
@@ -100,7 +102,9 @@ def plan_windows(
     return windows
 
 
-def widen_windows(windows: list[Span], total: int, pad: int, max_samples: int = MAX_WINDOW_SAMPLES) -> list[Span]:
+def widen_windows(
+    windows: list[Span], total: int, pad: int, max_samples: int = MAX_WINDOW_SAMPLES
+) -> list[Span]:
     """Give each window up to ``pad`` samples of context on both sides, without overlapping a
     neighbour (each side stops at the midpoint of the gap) or growing past ``max_samples``."""
     widened: list[Span] = []
@@ -115,7 +119,10 @@ def widen_windows(windows: list[Span], total: int, pad: int, max_samples: int = 
 
 
 def plan_file_windows(
-    probs: npt.NDArray[np.float32], total: int, config: VadConfig = VadConfig(), context_pad: int = SAMPLE_RATE // 2
+    probs: npt.NDArray[np.float32],
+    total: int,
+    config: VadConfig = VadConfig(),
+    context_pad: int = SAMPLE_RATE // 2,
 ) -> list[Span]:
     """Windows for a whole file. No speech: none. Up to 30 s with speech: the whole file as one
     window (Whisper is trained on whole utterances, and trimming measurably costs accuracy).

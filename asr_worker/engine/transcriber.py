@@ -58,10 +58,12 @@ class WindowText:
 
 
 class WhisperEngine:
-    def __init__(self, bundle_dir: Path, config: EngineConfig = EngineConfig(), manifest: BundleManifest | None = None):
+    def __init__(
+        self, bundle_dir: Path, config: EngineConfig | None = None, manifest: BundleManifest | None = None
+    ):
         self.bundle_dir = bundle_dir
         self.manifest = manifest or verify_bundle(bundle_dir)
-        self.config = config
+        self.config = config = config or EngineConfig()
         self.model = WhisperOnnx(
             bundle_dir,
             self.manifest,
@@ -143,7 +145,9 @@ class WhisperEngine:
         mel = await asyncio.to_thread(log_mel_spectrogram, window_samples, self.manifest.dims.n_mels)
         return await self.batcher.submit_async(mel, build_prompt(self.manifest, language))
 
-    def window_text(self, decoded: DecodedWindow, offset: float, length_samples: int, options: TranscribeOptions) -> WindowText:
+    def window_text(
+        self, decoded: DecodedWindow, offset: float, length_samples: int, options: TranscribeOptions
+    ) -> WindowText:
         text = clean_text(self.tokenizer.decode(decoded.tokens), options.punctuate)
         words: list[Word] = []
         if options.timestamps and decoded.tokens:
@@ -170,7 +174,9 @@ class WhisperEngine:
         confidence = sum(p.probability_sum for p in pieces) / tokens if tokens else 0.0
         return Transcript(
             text=" ".join(p.text for p in pieces if p.text),
-            words=snap_to_speech([w for p in pieces for w in p.words], plan.speech) if options.timestamps else [],
+            words=snap_to_speech([w for p in pieces for w in p.words], plan.speech)
+            if options.timestamps
+            else [],
             confidence=round(confidence, 4),
             duration=round(samples.shape[0] / SAMPLE_RATE, 3),
             language=language,

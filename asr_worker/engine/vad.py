@@ -34,7 +34,9 @@ class SileroVad:
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
 
     def _step(self, chunk_with_context: FloatArray, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        out: list[Any] = self._session.run(None, {"input": chunk_with_context, "state": state, "sr": self._sr})
+        out: list[Any] = self._session.run(
+            None, {"input": chunk_with_context, "state": state, "sr": self._sr}
+        )
         return out[0][:, 0], out[1]
 
     def speech_probabilities(self, samples: FloatArray) -> FloatArray:

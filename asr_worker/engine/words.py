@@ -51,14 +51,24 @@ def merge_punctuation(pieces: list[TimedPiece]) -> list[TimedPiece]:
     for piece in pieces:
         if _is_punctuation(piece.text):
             if piece.text.strip()[0] in PREPEND and (not merged or piece.text.startswith(" ")):
-                carry = piece if carry is None else TimedPiece(
-                    carry.text + piece.text, carry.start, carry.end, carry.probabilities + piece.probabilities
+                carry = (
+                    piece
+                    if carry is None
+                    else TimedPiece(
+                        carry.text + piece.text,
+                        carry.start,
+                        carry.end,
+                        carry.probabilities + piece.probabilities,
+                    )
                 )
                 continue
             if merged:
                 last = merged[-1]
                 merged[-1] = TimedPiece(
-                    last.text + piece.text.strip(), last.start, last.end, last.probabilities + piece.probabilities
+                    last.text + piece.text.strip(),
+                    last.start,
+                    last.end,
+                    last.probabilities + piece.probabilities,
                 )
                 continue
         if carry is not None:
@@ -128,6 +138,8 @@ def build_words(
         start = min(max(piece.start, previous_end), window_end)
         end = min(max(piece.end, start), window_end)
         confidence = float(np.mean(piece.probabilities)) if piece.probabilities else 0.0
-        words.append(Word(word=text, start=round(start, 3), end=round(end, 3), confidence=round(confidence, 4)))
+        words.append(
+            Word(word=text, start=round(start, 3), end=round(end, 3), confidence=round(confidence, 4))
+        )
         previous_end = end
     return words

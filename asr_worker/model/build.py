@@ -74,7 +74,12 @@ def cached_bundle_path(name: str, *, int8: bool = False, cache_dir: Path | None 
 
 
 def build_model(
-    name: str, *, int8: bool = False, cache_dir: Path | None = None, out: Path | None = None, progress: bool = True
+    name: str,
+    *,
+    int8: bool = False,
+    cache_dir: Path | None = None,
+    out: Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Return the path of a verified bundle for ``name``, converting it if not yet cached."""
     source = weight_source(name)
@@ -87,7 +92,9 @@ def build_model(
         if _is_complete(target):
             return target
         if target.exists() and any(target.iterdir()):
-            raise ModelError(f"Output directory {target} exists and is not an Oyez bundle; choose an empty one")
+            raise ModelError(
+                f"Output directory {target} exists and is not an Oyez bundle; choose an empty one"
+            )
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
             staging = Path(tmp) / "bundle"
             staging.mkdir()
@@ -108,13 +115,22 @@ def _is_complete(path: Path) -> bool:
 
 def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path, progress: bool) -> None:
     from .ct2 import read_ct2_model
-    from .export import check_export, export_decoder, export_encoder, tie_output_projection
-    from .torch_whisper import WhisperDecoder, WhisperEncoder
+
+    try:
+        from .export import check_export, export_decoder, export_encoder, tie_output_projection
+        from .torch_whisper import WhisperDecoder, WhisperEncoder
+    except ImportError as exc:
+        raise ModelError(
+            f"Converting {source.name} needs torch and onnx ({exc.name} is missing): "
+            "pip install 'oyez[convert]'"
+        ) from exc
 
     steps = ["verify weights", "read weights", "export encoder", "export decoder", "check graphs"]
     steps += ["quantize int8"] if precision == "int8" else []
     steps += ["write manifest"]
-    bar = tqdm(total=len(steps), desc=f"Building {source.name} ({precision})", disable=not progress, unit="step")
+    bar = tqdm(
+        total=len(steps), desc=f"Building {source.name} ({precision})", disable=not progress, unit="step"
+    )
 
     def advance(label: str) -> None:
         bar.set_postfix_str(label)

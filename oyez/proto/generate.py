@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         fresh = Path(tmp) / PROTO_DIR.relative_to(REPO_ROOT)
         stale = [name for name in GENERATED if not filecmp.cmp(fresh / name, PROTO_DIR / name, shallow=False)]
     if stale:
-        print(f"Stale generated stubs: {', '.join(stale)}; run python -m oyez.proto.generate", file=sys.stderr)
+        print(
+            f"Stale generated stubs: {', '.join(stale)}; run python -m oyez.proto.generate", file=sys.stderr
+        )
         return 1
     print("gRPC stubs are current")
     return 0

@@ -19,7 +19,9 @@ WER_LIMIT = 0.06
 PAUSE_S = 1.5
 
 
-def test_wer_on_the_real_set_is_at_most_6_percent(tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]) -> None:
+def test_wer_on_the_real_set_is_at_most_6_percent(
+    tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]
+) -> None:
     hypotheses = [tiny_engine.transcribe_sync(read_clip(c), TranscribeOptions()).text for c in speech_clips]
     wer = corpus_wer([c.text for c in speech_clips], hypotheses)
     print(f"tiny.en fp32 WER on {len(speech_clips)} real clips: {wer:.2%}")
@@ -40,7 +42,9 @@ def _long_file(clips: list[SpeechClip]) -> tuple[np.ndarray, list[tuple[float, f
 
 
 @pytest.fixture(scope="module")
-def long_file(speech_clips: list[SpeechClip]) -> tuple[np.ndarray, list[tuple[float, float]], list[SpeechClip]]:
+def long_file(
+    speech_clips: list[SpeechClip],
+) -> tuple[np.ndarray, list[tuple[float, float]], list[SpeechClip]]:
     chosen = [c for c in speech_clips if c.id.startswith("librivox")] + [
         c for c in speech_clips if c.id in ("jfk", "forever_2", "goforward")
     ]
@@ -67,7 +71,9 @@ def test_long_file_transcribes_every_clip_in_order(long_file: tuple, long_transc
     assert positions == sorted(positions)
 
 
-def test_long_file_word_timestamps_fall_inside_each_clip(long_file: tuple, long_transcript: Transcript) -> None:
+def test_long_file_word_timestamps_fall_inside_each_clip(
+    long_file: tuple, long_transcript: Transcript
+) -> None:
     audio, spans, clips = long_file
     words = long_transcript.words
     assert len(words) >= 60
@@ -107,7 +113,9 @@ def test_punctuate_false_gives_the_same_words_without_punctuation(
 
 
 def test_silence_gives_an_empty_transcript(tiny_engine: WhisperEngine) -> None:
-    result = tiny_engine.transcribe_sync(np.zeros(SR * 5, dtype=np.float32), TranscribeOptions(timestamps=True))
+    result = tiny_engine.transcribe_sync(
+        np.zeros(SR * 5, dtype=np.float32), TranscribeOptions(timestamps=True)
+    )
     assert result.text == "" and result.words == [] and result.duration == 5.0
 
 
@@ -125,6 +133,7 @@ def test_batched_equals_unbatched(tiny_bundle, speech_clips: list[SpeechClip]) -
     sizes: list[int] = []
     batched.batcher._on_batch = sizes.append
     try:
+
         async def run_all() -> list[Transcript]:
             options = TranscribeOptions(timestamps=True)
             return list(await asyncio.gather(*(batched.transcribe(a, options) for a in audios)))

@@ -38,7 +38,11 @@ def test_ct2_round_trip(tmp_path: Path) -> None:
     weight = np.arange(6, dtype=np.float16).reshape(2, 3)
     flag = np.array(1, dtype=np.int8)
     path = tmp_path / "model.bin"
-    _write_ct2(path, {"decoder/embeddings/weight": weight, "decoder/scale": flag}, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    _write_ct2(
+        path,
+        {"decoder/embeddings/weight": weight, "decoder/scale": flag},
+        {"decoder/projection/weight": "decoder/embeddings/weight"},
+    )
     model = read_ct2_model(path)
     assert model.spec_name == "WhisperSpec" and model.revision == 3
     assert np.array_equal(model.float32("decoder/embeddings/weight"), weight.astype(np.float32))
@@ -70,10 +74,23 @@ def _manifest(multilingual: bool, files: dict | None = None) -> BundleManifest:
             "name": "whisper-test",
             "precision": "fp32",
             "multilingual": multilingual,
-            "dims": {"n_mels": 80, "n_audio_ctx": 1500, "n_text_ctx": 448, "n_layers": 4, "d_model": 384,
-                     "n_heads": 6, "n_vocab": 51865 if multilingual else 51864},
-            "special_tokens": {"eot": eot, "sot": eot + 1, "no_timestamps": eot + 106, "timestamp_begin": eot + 107,
-                               "transcribe": eot + 102, "translate": eot + 101},
+            "dims": {
+                "n_mels": 80,
+                "n_audio_ctx": 1500,
+                "n_text_ctx": 448,
+                "n_layers": 4,
+                "d_model": 384,
+                "n_heads": 6,
+                "n_vocab": 51865 if multilingual else 51864,
+            },
+            "special_tokens": {
+                "eot": eot,
+                "sot": eot + 1,
+                "no_timestamps": eot + 106,
+                "timestamp_begin": eot + 107,
+                "transcribe": eot + 102,
+                "translate": eot + 101,
+            },
             "languages": {"en": eot + 2, "de": eot + 4} if multilingual else {},
             "suppress_ids": [1, 2],
             "suppress_ids_begin": [220, eot],
@@ -107,8 +124,8 @@ def test_verify_bundle_detects_tampering(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="sha256"):
         verify_bundle(tmp_path)
     (tmp_path / "encoder.onnx").unlink()
-    with pytest.raises(ModelError, match="missing encoder.onnx"):
+    with pytest.raises(ModelError, match=r"missing encoder\.onnx"):
         verify_bundle(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ModelError, match="Invalid manifest.json"):
+    with pytest.raises(ModelError, match=r"Invalid manifest\.json"):
         verify_bundle(tmp_path)

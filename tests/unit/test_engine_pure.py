@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -86,7 +88,7 @@ def test_build_words_merges_punctuation_and_stays_monotonic() -> None:
     assert words[0].confidence == pytest.approx(0.85)
     assert all(w.start <= w.end for w in words)
     assert words[0].end <= words[1].start
-    assert all(10.0 <= w.start and w.end <= 12.0 for w in words)
+    assert all(w.start >= 10.0 and w.end <= 12.0 for w in words)
     bare = build_words(groups, probs, starts, offset=10.0, window_end=12.0, punctuate=False)
     assert [w.word for w in bare] == ["Hello", "world"]
 
@@ -96,7 +98,7 @@ def _probs(pattern: list[tuple[float, float]]) -> np.ndarray:
     """(seconds, probability) runs -> per-chunk probabilities."""
     out: list[float] = []
     for seconds, prob in pattern:
-        out += [prob] * int(round(seconds * SR / CHUNK))
+        out += [prob] * round(seconds * SR / CHUNK)
     return np.array(out, dtype=np.float32)
 
 
@@ -166,13 +168,17 @@ def test_median_filter_removes_single_spikes() -> None:
 def test_widen_windows_never_overlaps_or_exceeds_the_limit() -> None:
     from asr_worker.engine.segmenter import widen_windows
 
-    windows = [Span(1 * SR, 10 * SR), Span(int(10.4 * SR), 20 * SR), Span(25 * SR, 25 * SR + MAX_WINDOW_SAMPLES - SR // 4)]
+    windows = [
+        Span(1 * SR, 10 * SR),
+        Span(int(10.4 * SR), 20 * SR),
+        Span(25 * SR, 25 * SR + MAX_WINDOW_SAMPLES - SR // 4),
+    ]
     total = 60 * SR
     wide = widen_windows(windows, total, pad=SR // 2)
     assert wide[0] == Span(SR // 2, int(10.2 * SR))
     assert wide[1].start == int(10.2 * SR) and wide[1].end == int(20.5 * SR)
     assert all(w.length <= MAX_WINDOW_SAMPLES for w in wide)
-    assert all(a.end <= b.start for a, b in zip(wide, wide[1:]))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(wide))
 
 
 def test_plan_file_windows_short_file_is_one_window_and_silence_is_none() -> None:

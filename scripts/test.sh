@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: install dev dependencies, then lint, type-check, check the generated gRPC
+# stubs, and run the whole test suite (it builds the test model once per machine, ~15 s).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OYEZ_EXTRAS="worker,convert,s3,dev" "$ROOT/scripts/dev-env.sh"
+VENV="${OYEZ_VENV:-$ROOT/.venv}"
+cd "$ROOT"
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "== mypy"
+"$VENV/bin/mypy" oyez asr_worker
+echo "== gRPC stubs"
+"$VENV/bin/python" -m oyez.proto.generate --check
+echo "== pytest"
+"$VENV/bin/python" -m pytest "$@"
