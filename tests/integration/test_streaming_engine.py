@@ -30,7 +30,9 @@ async def _stream(engine: WhisperEngine, audio: np.ndarray, options: StreamOptio
     return results
 
 
-def test_interims_then_finals_at_each_pause(tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]) -> None:
+def test_interims_then_finals_at_each_pause(
+    tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]
+) -> None:
     jfk, jfk_clip = _clip(speech_clips, "jfk")
     austen, austen_clip = _clip(speech_clips, "librivox_0870")
     silence = np.zeros(2 * SR, dtype=np.float32)

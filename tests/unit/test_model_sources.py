@@ -56,7 +56,9 @@ def test_split_weights_are_reassembled_and_checked(tmp_path: Path) -> None:
 def test_cache_key_depends_on_precision_and_model(tmp_path: Path) -> None:
     assert bundle_key(TINY, "fp32") != bundle_key(TINY, "int8")
     assert cached_bundle_path("whisper-tiny.en", cache_dir=tmp_path).parent == tmp_path
-    assert cached_bundle_path("whisper-tiny.en", cache_dir=tmp_path) != cached_bundle_path("whisper-base", cache_dir=tmp_path)
+    assert cached_bundle_path("whisper-tiny.en", cache_dir=tmp_path) != cached_bundle_path(
+        "whisper-base", cache_dir=tmp_path
+    )
 
 
 def test_model_references() -> None:
