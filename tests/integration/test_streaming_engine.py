@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_interims_then_finals_at_each_pause(
     assert results[-1].is_final and results[-1].is_last
     assert sum(r.is_last for r in results) == 1
     # Committed text is never rewritten: finals cover disjoint, increasing stretches of audio.
-    for earlier, later in zip(finals, finals[1:], strict=False):
+    for earlier, later in itertools.pairwise(finals):
         assert earlier.end <= later.start + 1e-6
     spoken = " ".join(r.text for r in finals if r.text)
     assert corpus_wer([f"{jfk_clip.text} {austen_clip.text}"], [spoken]) <= 0.15, spoken

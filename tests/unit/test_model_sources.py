@@ -39,7 +39,7 @@ def test_missing_package_is_refused() -> None:
 
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
-    with pytest.raises(ModelError, match="whisper-base, whisper-tiny.en"):
+    with pytest.raises(ModelError, match=r"whisper-base, whisper-tiny\.en"):
         weight_source("whisper-large")
 
 
@@ -49,7 +49,7 @@ def test_split_weights_are_reassembled_and_checked(tmp_path: Path) -> None:
     assert model_bin.stat().st_size == 145_217_532
     assert config.name == "config.json" and vocab.name == "vocabulary.txt"
     wrong = replace(base, model_bin_sha256="f" * 64)
-    with pytest.raises(ModelError, match="Reassembled model.bin"):
+    with pytest.raises(ModelError, match=r"Reassembled model\.bin"):
         stage_weights(wrong, tmp_path / "again")
 
 
