@@ -55,21 +55,23 @@ class TranscriptionOptions(_message.Message):
     language: _builtins.str
     """ISO 639-1 code; empty means "en"."""
     punctuate: _builtins.bool
-    """false: same words, without punctuation."""
+    """false: same words, without punctuation. Unset means true."""
     timestamps: _builtins.bool
     """true: fill `words` with per-word start, end and confidence."""
     def __init__(
         self,
         *,
         language: _builtins.str = ...,
-        punctuate: _builtins.bool = ...,
+        punctuate: _builtins.bool | None = ...,
         timestamps: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate", "punctuate", b"punctuate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "punctuate", b"punctuate", "timestamps", b"timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate", "language", b"language", "punctuate", b"punctuate", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__punctuate: _TypeAlias = _typing.Literal["punctuate"]  # noqa: Y015
+    _WhichOneofArgType__punctuate: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__punctuate) -> _WhichOneofReturnType__punctuate | None: ...
 
 Global___TranscriptionOptions: _TypeAlias = TranscriptionOptions  # noqa: Y015
 

@@ -1,0 +1,103 @@
+"""The benchmark's pure helpers: request lists, percentiles, derived numbers, the RESULTS.md merge."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.report import END, Row, derived_comparisons, overhead, results_table, write_results
+from bench.runners import rpc_error_text, worker_batch_size
+from bench.workload import (
+    Clip,
+    Outcome,
+    RunResult,
+    build_requests,
+    first_transcripts,
+    percentile,
+    request_count,
+    unstable_clips,
+    warmup_requests,
+)
+
+
+def _clip(clip_id: str, seconds: float) -> Clip:
+    return Clip(clip_id, "text", b"", np.zeros(int(seconds * 16000), dtype=np.float32))
+
+
+def _result(runner: str, wall: float, latencies: list[float], concurrency: int = 1) -> RunResult:
+    outcomes = [Outcome(f"c{i}", 2.0, latency, "hi") for i, latency in enumerate(latencies)]
+    return RunResult(runner, "m", "fp32", concurrency, wall, outcomes)
+
+
+def test_request_list_cycles_clips_to_twice_the_concurrency() -> None:
+    clips = [_clip("a", 1), _clip("b", 2), _clip("c", 3)]
+    assert request_count(14, 1) == 14
+    assert request_count(14, 16) == 32
+    assert [c.id for c in build_requests(clips, 4)] == ["a", "b", "c", "a", "b", "c", "a", "b"]
+    assert [c.id for c in warmup_requests(clips, 3)] == ["a", "a", "a"]
+    with pytest.raises(ValueError):
+        build_requests([], 1)
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [0.5, 0.1, 0.9, 0.3]
+    for q in (0, 50, 95, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert math.isnan(percentile([], 50))
+
+
+def test_rtf_is_wall_based_at_one_client_and_latency_based_above() -> None:
+    single = _result("direct", wall=1.0, latencies=[0.4, 0.6])
+    assert single.audio_s == 4.0
+    assert single.throughput == pytest.approx(4.0)
+    assert single.rtf == pytest.approx(0.25)
+    many = _result("direct", wall=1.0, latencies=[0.8, 1.0], concurrency=2)
+    assert many.rtf == pytest.approx(1.8 / 4.0)
+
+
+def test_overhead_is_relative_throughput_loss() -> None:
+    worker, direct = _result("worker", 2.0, [1.0]), _result("direct", 1.0, [1.0])
+    assert overhead(worker, direct) == pytest.approx(0.5)
+    assert overhead(direct, worker) == pytest.approx(-1.0)
+
+
+def test_transcript_helpers() -> None:
+    outcomes = [
+        Outcome("a", 1, 0.1, "one"),
+        Outcome("a", 1, 0.1, "one "),
+        Outcome("b", 1, 0.1, "", error="boom"),
+        Outcome("b", 1, 0.1, "two"),
+        Outcome("b", 1, 0.1, "too"),
+    ]
+    assert first_transcripts(outcomes) == {"a": "one", "b": "two"}
+    assert unstable_clips(outcomes) == ["b"]
+
+
+def test_worker_batch_size_caps_at_eight() -> None:
+    assert [worker_batch_size(c) for c in (1, 4, 8, 16)] == [1, 4, 8, 8]
+
+
+def test_rpc_error_text_handles_plain_exceptions() -> None:
+    assert rpc_error_text(ValueError("bad")) == "ValueError: bad"
+
+
+def test_tables_and_results_file_keep_the_hand_written_tail(tmp_path: Path) -> None:
+    rows = [
+        Row(_result("worker", 2.0, [1.0], concurrency=16), 0.05, []),
+        Row(_result("direct", 1.0, [1.0], concurrency=16), 0.05, []),
+        Row(_result("faster-whisper", 1.0, [1.0], concurrency=16), 0.05, []),
+    ]
+    assert "| worker | m | fp32 | 16 | 1 |" in results_table(rows)
+    derived = derived_comparisons(rows)
+    assert "+50.0 %" in derived
+    assert "0.50×" in derived
+    out = tmp_path / "RESULTS.md"
+    write_results(out, "T", [("A", "first")])
+    out.write_text(out.read_text().replace("Not written yet", "My reading"))
+    write_results(out, "T", [("A", "second")])
+    text = out.read_text()
+    assert "second" in text and "first" not in text
+    assert text.split(END, 1)[1].count("My reading") == 1
