@@ -54,6 +54,7 @@ def worker_serve(args: argparse.Namespace) -> int:
             intra_op_threads=s.intra_op_threads,
             max_batch=s.max_batch_size,
             max_wait_ms=float(s.max_batch_wait_ms),
+            lanes=s.inference_lanes,
         )
         return build_engine(s.model_url, cache_dir=s.model_cache_dir, sha256s=s.model_sha256, config=config)
 

@@ -1,7 +1,9 @@
 """Dynamic batching: windows from concurrent requests share encoder and decoder runs.
 
-One inference thread owns the ONNX sessions. It takes the first waiting window, then gathers more
-for at most ``max_wait_ms`` or until ``max_batch`` are in hand, and runs them as one batch. Callers
+``lanes`` inference threads share the ONNX sessions (``Run`` is thread-safe). Each takes the first
+waiting window, then gathers more for at most ``max_wait_ms`` or until ``max_batch`` are in hand,
+and runs them as one batch. The default is one lane (measured best on the 2-core CPU, see
+bench/RESULTS.md); more lanes can overlap host work with device work on larger machines. Callers
 get a ``concurrent.futures.Future`` (``submit``) or await one (``submit_async``), so the same batcher
 serves the gRPC service, streams and the in-process CLI.
 """
@@ -41,15 +43,19 @@ class DynamicBatcher:
         max_batch: int = 8,
         max_wait_ms: float = 10.0,
         on_batch: Callable[[int], None] | None = None,
+        lanes: int = 1,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or lanes < 1:
+            raise ValueError("max_batch and lanes must be at least 1")
         self._model = model
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._on_batch = on_batch
-        self._thread = threading.Thread(target=self._run, name="oyez-inference", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"oyez-inference-{lane}", daemon=True)
+            for lane in range(lanes)
+        ]
         self._started = False
         self._lock = threading.Lock()
 
@@ -60,14 +66,17 @@ class DynamicBatcher:
     def start(self) -> None:
         with self._lock:
             if not self._started:
-                self._thread.start()
+                for thread in self._threads:
+                    thread.start()
                 self._started = True
 
     def stop(self) -> None:
         with self._lock:
             if self._started:
-                self._queue.put(None)
-                self._thread.join(timeout=30)
+                for _ in self._threads:
+                    self._queue.put(None)
+                for thread in self._threads:
+                    thread.join(timeout=30)
                 self._started = False
 
     def submit(self, mel: npt.NDArray[np.float32], prompt: list[int]) -> Future[DecodedWindow]:
@@ -78,6 +87,10 @@ class DynamicBatcher:
 
     async def submit_async(self, mel: npt.NDArray[np.float32], prompt: list[int]) -> DecodedWindow:
         return await asyncio.wrap_future(self.submit(mel, prompt))
+
+    @property
+    def lanes(self) -> int:
+        return len(self._threads)
 
     def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
         jobs = [first]

@@ -1,9 +1,10 @@
 """Greedy Whisper decoding with a KV cache, over a batch of windows at once.
 
 All windows of a batch share one prompt length (the prompt layout is fixed per model), so the
-sequences stay position-aligned and no padding mask is needed; a finished sequence keeps feeding
-``eot`` until the whole batch is done, and its extra tokens are discarded. Each sequence's result
-depends only on its own window: batched and unbatched decoding give the same tokens.
+sequences stay position-aligned and no padding mask is needed; a sequence that emits ``eot`` is
+dropped from the batch. With fp32 graphs each sequence's result depends only on its own window, so
+batched and unbatched decoding give the same tokens. (int8 graphs quantise activations per tensor,
+across the batch, so there the engine decodes each window on its own; see ``transcriber``.)
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ def greedy_decode(
     prompts: list[list[int]],
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> list[DecodedWindow]:
-    """Decode every window of the batch until each emits ``eot`` (or hits the token limit)."""
+    """Decode every window of the batch until each emits ``eot`` (or hits the token limit).
+
+    A window that finishes leaves the batch (its rows are dropped from the token, cache and
+    cross-attention arrays), so the rest do not pay for it on later steps.
+    """
     batch = len(prompts)
     if len({len(p) for p in prompts}) != 1:
         raise ValueError("All prompts of a batch must have the same length")
@@ -92,31 +97,35 @@ def greedy_decode(
     self_k = self_v = model.empty_cache(batch)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     probabilities: list[list[float]] = [[] for _ in range(batch)]
-    rows: list[FloatArray] = []
-    done = np.zeros(batch, dtype=np.bool_)
+    rows: list[list[FloatArray]] = [[] for _ in range(batch)]
+    active = np.arange(batch)  # original index of each row still decoding
     for step in range(limit):
         logits, self_k, self_v, alignment = model.decode(tokens, self_k, self_v, cross_k, cross_v)
-        rows.append(alignment[:, :, -1])
         last = logits[:, -1].astype(np.float32)
         last[:, first if step == 0 else always] = -np.inf
         logprobs = _log_softmax(last)
         chosen = logprobs.argmax(axis=-1)
-        for index in np.flatnonzero(~done):
-            token = int(chosen[index])
+        keep = np.ones(active.size, dtype=np.bool_)
+        for row, index in enumerate(active):
+            rows[index].append(alignment[row, :, -1])
+            token = int(chosen[row])
             if token == eot:
-                done[index] = True
+                keep[row] = False
                 continue
             outputs[index].append(token)
-            probabilities[index].append(float(np.exp(logprobs[index, token])))
-        if done.all():
+            probabilities[index].append(float(np.exp(logprobs[row, token])))
+        if not keep.any():
             break
-        tokens = np.where(done, eot, chosen).astype(np.int64)[:, None]
-    stacked = np.stack(rows, axis=2)  # [B, A, steps, frames]
+        if not keep.all():
+            active, chosen = active[keep], chosen[keep]
+            self_k, self_v = self_k[:, keep], self_v[:, keep]
+            cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
+        tokens = chosen.astype(np.int64)[:, None]
     return [
         DecodedWindow(
             tokens=outputs[i],
             probabilities=probabilities[i],
-            alignment=np.ascontiguousarray(stacked[i, :, : len(outputs[i]) + 1]),
+            alignment=np.ascontiguousarray(np.stack(rows[i], axis=1)[:, : len(outputs[i]) + 1]),
         )
         for i in range(batch)
     ]

@@ -7,6 +7,7 @@ It loads a verified bundle, warms up, and turns 16 kHz samples into a :class:`Tr
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from .alignment import FRAMES_PER_SECOND, token_start_times
 from .batcher import DynamicBatcher
 from .decoding import DecodedWindow, build_prompt
 from .features import HOP_LENGTH, log_mel_spectrogram
-from .onnx_model import WhisperOnnx
+from .onnx_model import CUDA, WhisperOnnx, choose_providers
 from .segmenter import Span, VadConfig, plan_file_windows, speech_regions
 from .tokenizer import Tokenizer
 from .types import Samples, StreamOptions, StreamSession, TranscribeOptions, Transcript, Word
@@ -36,9 +37,19 @@ log = get_logger(__name__)
 class EngineConfig:
     require_gpu: bool = False
     device_id: int = 0
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: CPU cores / lanes on CPU, the runtime default on GPU
     max_batch: int = 8
     max_wait_ms: float = 10.0
+    lanes: int = 1  # inference threads sharing the sessions
+
+
+def plan_threads(config: EngineConfig, on_gpu: bool, cpu_count: int) -> tuple[int, int]:
+    """(lanes, intra-op threads per session). Several CPU lanes split the cores between them;
+    one lane keeps the runtime's default (all cores). Pure, so the policy is testable."""
+    lanes = max(1, config.lanes)
+    if config.intra_op_threads or on_gpu or lanes == 1:
+        return lanes, config.intra_op_threads
+    return lanes, max(1, cpu_count // lanes)
 
 
 @dataclass(frozen=True)
@@ -64,17 +75,30 @@ class WhisperEngine:
         self.bundle_dir = bundle_dir
         self.manifest = manifest or verify_bundle(bundle_dir)
         self.config = config = config or EngineConfig()
+        on_gpu = CUDA in [
+            p if isinstance(p, str) else p[0] for p in choose_providers(False, config.device_id)
+        ]
+        lanes, threads = plan_threads(config, on_gpu, os.cpu_count() or 1)
         self.model = WhisperOnnx(
             bundle_dir,
             self.manifest,
             require_gpu=config.require_gpu,
             device_id=config.device_id,
-            intra_op_threads=config.intra_op_threads,
+            intra_op_threads=threads,
         )
+        max_batch = config.max_batch
+        if self.manifest.precision == "int8" and max_batch > 1:
+            # Dynamic int8 quantises activations per tensor, across the batch: a window's tokens
+            # would depend on its batch neighbours. Decode each window alone (lanes still overlap).
+            log.info(
+                "int8 model: batch size 1 so results do not depend on other requests", model=self.model_name
+            )
+            max_batch = 1
+        self.max_batch = max_batch
         self.tokenizer = Tokenizer.from_file(bundle_dir / "vocabulary.txt", self.manifest.special_tokens.eot)
         self.vad = SileroVad(bundle_dir / "vad.onnx")
         self.vad_config = VadConfig()
-        self.batcher = DynamicBatcher(self.model, config.max_batch, config.max_wait_ms)
+        self.batcher = DynamicBatcher(self.model, max_batch, config.max_wait_ms, lanes=lanes)
 
     # --- Engine protocol -------------------------------------------------------------------
     @property
@@ -192,7 +216,7 @@ class WhisperEngine:
         self.decode_window_sync(noise, self.languages[0])
         mel = log_mel_spectrogram(noise, self.manifest.dims.n_mels)
         prompt = build_prompt(self.manifest, self.languages[0])
-        futures = [self.batcher.submit(mel, prompt) for _ in range(self.config.max_batch)]
+        futures = [self.batcher.submit(mel, prompt) for _ in range(self.max_batch * self.batcher.lanes)]
         for future in futures:
             future.result()
         return time.perf_counter() - started

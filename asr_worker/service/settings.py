@@ -150,8 +150,17 @@ class WorkerSettings(BaseSettings):
         min_length=1,
         description="host:port others use to reach this worker's gRPC; unset = '<hostname>:<grpc port>'.",
     )
+    inference_lanes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Inference threads sharing the model (CPU lanes split the cores between them).",
+    )
     intra_op_threads: int = Field(
-        default=0, ge=0, le=1024, description="ONNX Runtime intra-op threads; 0 = runtime default."
+        default=0,
+        ge=0,
+        le=1024,
+        description="ONNX Runtime intra-op threads per lane; 0: cores/lanes on CPU, default on GPU.",
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="Log lines as JSON objects or as 'LEVEL: message' text."

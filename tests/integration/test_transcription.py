@@ -149,3 +149,27 @@ def test_batched_equals_unbatched(tiny_bundle, speech_clips: list[SpeechClip]) -
         assert [w.word for w in a.words] == [w.word for w in b.words]
         assert np.allclose([w.start for w in a.words], [w.start for w in b.words], atol=0.021)
         assert a.confidence == pytest.approx(b.confidence, abs=1e-3)
+
+
+def test_int8_decodes_each_window_alone_so_results_do_not_depend_on_neighbours(
+    speech_clips: list[SpeechClip],
+) -> None:
+    from asr_worker.model.build import build_model
+
+    bundle = build_model("whisper-tiny.en", int8=True, progress=False)
+    audios = [read_clip(c) for c in speech_clips[:6]]
+    engine = WhisperEngine(bundle, EngineConfig(max_batch=8, max_wait_ms=100, lanes=2))
+    sizes: list[int] = []
+    engine.batcher._on_batch = sizes.append
+    try:
+        assert engine.max_batch == 1 and engine.batcher.lanes == 2
+
+        async def run_all() -> list[Transcript]:
+            return list(await asyncio.gather(*(engine.transcribe(a, TranscribeOptions()) for a in audios)))
+
+        together = asyncio.run(run_all())
+        alone = [engine.transcribe_sync(a, TranscribeOptions()) for a in audios]
+    finally:
+        engine.close()
+    assert set(sizes) == {1}
+    assert [t.text for t in together] == [t.text for t in alone]

@@ -207,3 +207,13 @@ def test_snap_to_speech_moves_edges_out_of_silence() -> None:
     gap = snap_to_speech([Word("d", 2.3, 3.5, 0.9), Word("e", 4.2, 4.6, 0.9)], speech)
     assert (gap[0].start, gap[0].end) == (3.0, 3.5)
     assert (gap[1].start, gap[1].end) == (4.2, 4.6)  # wholly in silence: nothing to snap to
+
+
+def test_thread_plan_splits_cpu_cores_between_lanes() -> None:
+    from asr_worker.engine.transcriber import EngineConfig, plan_threads
+
+    assert plan_threads(EngineConfig(), on_gpu=False, cpu_count=8) == (1, 0)  # one lane: runtime default
+    assert plan_threads(EngineConfig(lanes=2), on_gpu=False, cpu_count=8) == (2, 4)
+    assert plan_threads(EngineConfig(lanes=4), on_gpu=False, cpu_count=2) == (4, 1)
+    assert plan_threads(EngineConfig(lanes=2, intra_op_threads=3), on_gpu=False, cpu_count=8) == (2, 3)
+    assert plan_threads(EngineConfig(lanes=2), on_gpu=True, cpu_count=8) == (2, 0)
