@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OYEZ_EXTRAS="worker,convert,s3,dev" "$ROOT/scripts/dev-env.sh"
 VENV="${OYEZ_VENV:-$ROOT/.venv}"
 cd "$ROOT"
+export PATH="$VENV/bin:$PATH"
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

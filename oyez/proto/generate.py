@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,12 +18,23 @@ PROTO_FILE = PROTO_DIR / "asr_v1.proto"
 GENERATED = ("asr_v1_pb2.py", "asr_v1_pb2.pyi", "asr_v1_pb2_grpc.py", "asr_v1_pb2_grpc.pyi")
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's plugins live beside the interpreter (a venv need not be on PATH)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: pip install mypy-protobuf (the dev extra)")
+    return found
+
+
 def generate(out_root: Path) -> None:
     from grpc_tools import protoc  # dev-only dependency
 
     rel = PROTO_FILE.relative_to(REPO_ROOT)
+    plugins = [f"--plugin={name}={_plugin(name)}" for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")]
     args = [
         "protoc",
+        *plugins,
         f"-I{REPO_ROOT}",
         f"--python_out={out_root}",
         f"--grpc_python_out={out_root}",
