@@ -17,6 +17,7 @@ from .engine.router import LanguageRouter
 from .engine.transcriber import EngineConfig, WhisperEngine
 from .engine.types import Engine
 from .model.resolve import resolve_reference
+from .service.settings import WorkerSettings
 
 log = get_logger(__name__)
 
@@ -73,3 +74,18 @@ def build_engine(
             engine.close()
         raise
     return engines[0] if len(engines) == 1 else LanguageRouter(engines)
+
+
+def engine_from_settings(settings: WorkerSettings) -> Engine:
+    """The worker's engine factory: every checkpoint of ``MODEL_URL``, configured from the env."""
+    config = EngineConfig(
+        require_gpu=settings.require_gpu,
+        device_id=settings.gpu_device_id,
+        intra_op_threads=settings.intra_op_threads,
+        max_batch=settings.max_batch_size,
+        max_wait_ms=float(settings.max_batch_wait_ms),
+        lanes=settings.inference_lanes,
+    )
+    return build_engine(
+        settings.model_url, cache_dir=settings.model_cache_dir, sha256s=settings.model_sha256, config=config
+    )

@@ -39,26 +39,11 @@ def model_verify(args: argparse.Namespace) -> int:
 
 
 def worker_serve(args: argparse.Namespace) -> int:
-    from .engine.transcriber import EngineConfig
+    from .bootstrap import engine_from_settings
     from .service.app import run_worker
-    from .service.settings import WorkerSettings, load_worker_settings
+    from .service.settings import load_worker_settings
 
-    settings = load_worker_settings()
-
-    def factory(s: WorkerSettings):  # type: ignore[no-untyped-def]
-        from .bootstrap import build_engine
-
-        config = EngineConfig(
-            require_gpu=s.require_gpu,
-            device_id=s.gpu_device_id,
-            intra_op_threads=s.intra_op_threads,
-            max_batch=s.max_batch_size,
-            max_wait_ms=float(s.max_batch_wait_ms),
-            lanes=s.inference_lanes,
-        )
-        return build_engine(s.model_url, cache_dir=s.model_cache_dir, sha256s=s.model_sha256, config=config)
-
-    return run_worker(settings, factory)
+    return run_worker(load_worker_settings(), engine_from_settings)
 
 
 def worker_transcribe(args: argparse.Namespace) -> int:

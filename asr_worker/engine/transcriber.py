@@ -147,9 +147,6 @@ class WhisperEngine:
         return WhisperStream(self, options)
 
     # --- pieces ----------------------------------------------------------------------------
-    def plan_windows(self, samples: Samples) -> list[Span]:
-        return self.plan(samples).windows
-
     def plan(self, samples: Samples) -> FilePlan:
         """VAD once: the windows to decode and the speech spans (seconds) for word snapping."""
         probs = self.vad.speech_probabilities(samples)
@@ -160,10 +157,6 @@ class WhisperEngine:
     def _features(self, samples: Samples, windows: list[Span]) -> list[np.ndarray]:
         n_mels = self.manifest.dims.n_mels
         return [log_mel_spectrogram(samples[w.start : w.end], n_mels) for w in windows]
-
-    def decode_window_sync(self, window_samples: Samples, language: str) -> DecodedWindow:
-        mel = log_mel_spectrogram(window_samples, self.manifest.dims.n_mels)
-        return self.batcher.submit(mel, build_prompt(self.manifest, language)).result()
 
     async def decode_window(self, window_samples: Samples, language: str) -> DecodedWindow:
         mel = await asyncio.to_thread(log_mel_spectrogram, window_samples, self.manifest.dims.n_mels)
@@ -213,9 +206,9 @@ class WhisperEngine:
         rng = np.random.default_rng(0)
         noise = (rng.standard_normal(SAMPLE_RATE * 2) * 0.01).astype(np.float32)
         self.vad.speech_probabilities(noise)
-        self.decode_window_sync(noise, self.languages[0])
         mel = log_mel_spectrogram(noise, self.manifest.dims.n_mels)
         prompt = build_prompt(self.manifest, self.languages[0])
+        self.batcher.submit(mel, prompt).result()  # batch 1 on its own
         futures = [self.batcher.submit(mel, prompt) for _ in range(self.max_batch * self.batcher.lanes)]
         for future in futures:
             future.result()

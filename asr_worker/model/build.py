@@ -32,7 +32,14 @@ from .bundle import (
     verify_bundle,
     write_manifest,
 )
-from .sources import VAD_SOURCE, WeightSource, locate_pinned_file, source_packages, weight_source
+from .sources import (
+    VAD_SOURCE,
+    WeightSource,
+    locate_pinned_file,
+    source_packages,
+    stage_weights,
+    weight_source,
+)
 from .vocabulary import is_multilingual, language_tokens, read_config, read_vocabulary, special_tokens
 
 CONVERTER_VERSION = "1"
@@ -137,7 +144,7 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
         bar.update(1)
 
     with bar:
-        model_bin, config_path, vocab_path = _stage(source, workdir)
+        model_bin, config_path, vocab_path = stage_weights(source, workdir / "weights")
         advance(steps[0])
         ct2 = read_ct2_model(model_bin)
         config = read_config(config_path)
@@ -191,12 +198,6 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
         )
         write_manifest(staging, manifest)
         advance(steps[-1])
-
-
-def _stage(source: WeightSource, workdir: Path) -> tuple[Path, Path, Path]:
-    from .sources import stage_weights
-
-    return stage_weights(source, workdir / "weights")
 
 
 def pack_bundle(bundle_dir: Path, archive: Path) -> str:
