@@ -67,7 +67,68 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--cache-dir")
     transcribe.add_argument("-v", "--verbose", action="store_true", help="log start-up lines")
     transcribe.set_defaults(handler=_lazy("asr_worker.cli", "worker_transcribe"))
+    _add_license_commands(commands)
     return parser
+
+
+def _add_license_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lic = commands.add_parser("license", help="issuer keys and license keys: keygen, issue, inspect")
+    lic_cmds = lic.add_subparsers(dest="license_command", required=True, metavar="ACTION")
+    keygen = lic_cmds.add_parser("keygen", help="generate an issuer key pair (issuer.key, issuer.pub)")
+    keygen.add_argument("--out-dir", default=".", help="where to write issuer.key and issuer.pub")
+    keygen.add_argument("--force", action="store_true", help="replace existing files")
+    keygen.set_defaults(handler=_lazy("license_proxy.cli", "keygen"))
+    issue = lic_cmds.add_parser("issue", help="sign a license key and print it")
+    issue.add_argument("--customer", required=True)
+    issue.add_argument(
+        "--days", type=float, required=True, help="validity in days from now (or --not-before)"
+    )
+    issue.add_argument(
+        "--feature",
+        action="append",
+        help="a granted feature (repeat); default: none. "
+        "Known: batch, streaming, timestamps, punctuation, diarization, callbacks",
+    )
+    issue.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="requests_per_minute (60), concurrent_requests (10), audio_hours_per_day (100)",
+    )
+    issue.add_argument(
+        "--key", help="issuer private key (default: $OYEZ_LICENSE_ISSUER_KEY_FILE, else the dev key)"
+    )
+    issue.add_argument("--license-id", help="reuse a license id (re-issuing a license), e.g. lic_0123abcd")
+    issue.add_argument("--not-before", help="ISO-8601 start of validity (default: now)")
+    issue.set_defaults(handler=_lazy("license_proxy.cli", "issue"))
+    inspect = lic_cmds.add_parser("inspect", help="verify a key and show its terms, or why it is invalid")
+    inspect.add_argument("key", nargs="?", help="the key, or - for stdin (default: $LICENSE_KEY)")
+    inspect.add_argument(
+        "--public-key", action="append", help="trusted issuer public key (default: $OYEZ_LICENSE_PUBLIC_KEY)"
+    )
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_lazy("license_proxy.cli", "inspect"))
+
+    proxy = commands.add_parser(
+        "license-proxy", help="run the license proxy (:6699), configured from the environment"
+    )
+    proxy.set_defaults(handler=_lazy("license_proxy.cli", "proxy_serve"))
+
+    server = commands.add_parser("license-server", help="run or administer the reference license server")
+    server.add_argument("--db", help="SQLite file (default: $OYEZ_LICENSE_SERVER_DB)")
+    server.add_argument("--port", type=int, help="listen port (default: $OYEZ_LICENSE_SERVER_PORT or 6700)")
+    server.set_defaults(handler=_lazy("license_proxy.cli", "server_serve"))
+    server_cmds = server.add_subparsers(dest="server_command", metavar="ACTION")
+    revoke = server_cmds.add_parser("revoke", help="revoke a license by id")
+    revoke.add_argument("license_id")
+    revoke.add_argument("--reason", required=True)
+    revoke.set_defaults(handler=_lazy("license_proxy.cli", "server_revoke"))
+    reinstate = server_cmds.add_parser("reinstate", help="lift a revocation")
+    reinstate.add_argument("license_id")
+    reinstate.set_defaults(handler=_lazy("license_proxy.cli", "server_reinstate"))
+    usage = server_cmds.add_parser("usage", help="usage totals per license")
+    usage.set_defaults(handler=_lazy("license_proxy.cli", "server_usage"))
 
 
 def main(argv: list[str] | None = None) -> int:

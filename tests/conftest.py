@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -72,3 +74,14 @@ def redis_server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Route structlog output (text format) into a buffer for the test; restores stderr after."""
+    from oyez.logs import configure_logging
+
+    buffer = io.StringIO()
+    configure_logging("test", fmt="text", level="DEBUG", stream=buffer)
+    yield buffer
+    configure_logging("test", fmt="text", stream=sys.__stderr__)

@@ -1,0 +1,1 @@
+"""``oyez license-server``: the reference upstream license server (revocations, usage ingestion)."""
