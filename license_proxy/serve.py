@@ -72,7 +72,7 @@ async def serve(settings: LicenseProxySettings, clock: Clock | None = None) -> i
     )
     try:
         try:
-            await validator.startup()
+            status = await validator.startup()
         except LicenseKeyError as exc:
             what = (
                 exc.message if isinstance(exc, LicenseUnconfirmed) else f"{exc.public_error} ({exc.message})"
@@ -80,7 +80,14 @@ async def serve(settings: LicenseProxySettings, clock: Clock | None = None) -> i
             _log.error(f"License validation failed: {what}", reason=exc.reason)
             _log.critical("Cannot start without valid license")
             return EXIT_INVALID_LICENSE
-        _log.info("License validated successfully", license_id=validator.terms.license_id)
+        if status.valid:
+            _log.info("License validated successfully", license_id=validator.terms.license_id)
+        else:
+            _log.error(
+                "License server unreachable past the grace period: serving 403 LICENSE_EXPIRED until it "
+                "answers again",
+                license_id=validator.terms.license_id,
+            )
         _log.info(f"License valid until: {iso(validator.terms.expires)}")
         _log.info(f"Grace period: {settings.license_grace_period_h:g} hours")
         return await _serve_http(settings, validator, client, metrics, clock)

@@ -144,7 +144,10 @@ class LicenseValidator:
 
     # --- start-up ---------------------------------------------------------------------------------
     async def startup(self) -> LicenseStatus:
-        """Validate the configured key (raises :class:`LicenseKeyError`); returns the status."""
+        """Validate the configured key; returns the status, or raises :class:`LicenseKeyError` when the
+        license cannot be used at all (bad, expired or revoked key; never confirmed by a configured
+        server). An expired *grace period* is returned, not raised: the proxy serves 403s and recovers
+        on its own once the license server answers again."""
         self._terms = verify_key(self._key, self._policy, self._clock.now())
         cached = await asyncio.to_thread(self._store.load)
         if cached is not None and cached.license_id != self.terms.license_id:
@@ -157,9 +160,8 @@ class LicenseValidator:
             )
         else:
             await self._startup_check()
-        status = self.status()
-        self._update_metrics(status)
-        if status.error is not None:
+        status = self.tick()
+        if status.error is not None and not isinstance(status.error, GracePeriodExpired):
             raise status.error
         remaining = self.terms.expires - self._clock.now()
         if remaining < EXPIRY_WARNING:

@@ -148,9 +148,17 @@ def test_restart_inside_grace_keeps_serving_and_after_grace_refuses(world: World
         status = await restarted.startup()
         assert status.valid and status.grace_active and status.grace_remaining_hours == 4
 
+        # Past the grace period it still starts (so callers get 403, not connection errors) and
+        # recovers by itself once the server answers.
         world.clock.advance(timedelta(hours=5))
+        late = world.validator()
+        status = await late.startup()
+        assert isinstance(status.error, GracePeriodExpired)
         with pytest.raises(GracePeriodExpired):
-            await world.validator().startup()
+            late.check_presented(world.key)
+        world.transport.down = False
+        assert await late.revalidate() is True
+        assert late.check_presented(world.key)
 
     asyncio.run(scenario())
 
