@@ -295,17 +295,22 @@ def issue_key(
     if valid_for <= timedelta(0):
         raise ValueError("a license must be valid for a positive time (--days > 0)")
     start = not_before or now
-    terms = LicenseTerms(
-        version=KEY_FORMAT_VERSION,
-        license_id=license_id or new_license_id(),
-        customer=customer,
-        issuer=pair.public.fingerprint,
-        issued_at=int(now.timestamp()),
-        not_before=int(start.timestamp()),
-        expires_at=int((start + valid_for).timestamp()),
-        features=normalise_features(tuple(features)),
-        limits=normalise_limits(limits or {}),
-    )
+    try:
+        terms = LicenseTerms(
+            version=KEY_FORMAT_VERSION,
+            license_id=license_id or new_license_id(),
+            customer=customer,
+            issuer=pair.public.fingerprint,
+            issued_at=int(now.timestamp()),
+            not_before=int(start.timestamp()),
+            expires_at=int((start + valid_for).timestamp()),
+            features=normalise_features(tuple(features)),
+            limits=normalise_limits(limits or {}),
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{field}: {first['msg'].removeprefix('Value error, ')}") from None
     return sign_terms(pair, terms)
 
 

@@ -88,8 +88,8 @@ class LicenseTerms(BaseModel):
 
     @model_validator(mode="after")
     def _ordered_times(self) -> LicenseTerms:
-        if not self.issued_at <= self.expires_at or not self.not_before < self.expires_at:
-            raise ValueError("expires_at must come after issued_at and not_before")
+        if not self.not_before < self.expires_at:
+            raise ValueError("expires_at must come after not_before")
         return self
 
     # --- views ------------------------------------------------------------------------------------

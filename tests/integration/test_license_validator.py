@@ -216,6 +216,10 @@ def test_presented_keys_must_be_genuine_current_and_of_this_license(world: World
     validator = world.validator()
     asyncio.run(validator.startup())
     license_id = validator.terms.license_id
+    calls_before = len(world.transport.sent)
+    for _ in range(50):
+        validator.check_presented(world.key)
+    assert len(world.transport.sent) == calls_before  # answered from the cache, no upstream call
     # Another key of the same license (a re-issue with other limits) is accepted with its own terms.
     reissued = dev_key(now=START, license_id=license_id, limits={"requests_per_minute": 5})
     assert validator.check_presented(reissued)[0].limits["requests_per_minute"] == 5
