@@ -68,7 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("-v", "--verbose", action="store_true", help="log start-up lines")
     transcribe.set_defaults(handler=_lazy("asr_worker.cli", "worker_transcribe"))
     _add_license_commands(commands)
+    _add_api_commands(commands)
     return parser
+
+
+def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = commands.add_parser("api", help="run the API server (:7100), configured from the environment")
+    api.set_defaults(handler=_lazy("api_server.cli", "api_serve"))
+
+    up = commands.add_parser(
+        "up", help="run the whole stack locally: redis, license server + proxy, one worker, the API on :7100"
+    )
+    up.add_argument("--model", default="tiny.en", help="tiny.en (default), base, or a MODEL_URL value")
+    up.add_argument("--port", type=int, default=7100, help="API port (default 7100)")
+    up.add_argument("--state-dir", help="keys, databases and logs (default: the user state directory)")
+    up.add_argument("--redis-url", help="use this Redis instead of starting the bundled redis-server")
+    up.add_argument("--no-progress", action="store_true", help="no progress bar while building the model")
+    up.set_defaults(handler=_lazy("oyez.local_stack", "up"))
+
+    dev_key = commands.add_parser(
+        "dev-key", help="print the local development license key (made on first use)"
+    )
+    dev_key.add_argument("--state-dir", help="as for 'oyez up'")
+    dev_key.set_defaults(handler=_lazy("oyez.local_stack", "dev_key"))
+
+    client = commands.add_parser("transcribe", help="transcribe a file or URL through a running API server")
+    source = client.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", help="audio file to upload")
+    source.add_argument("--url", help="let the server fetch this URL instead")
+    client.add_argument("--timestamps", action="store_true", help="per-word start, end and confidence")
+    client.add_argument("--no-punctuate", action="store_true")
+    client.add_argument("--language", default="en")
+    client.add_argument("--json", action="store_true", help="print the JSON response")
+    client.add_argument("--server", help="API base URL (default: $OYEZ_SERVER or http://localhost:7100)")
+    client.add_argument("--key", help="license key (default: $OYEZ_API_KEY, else the local dev key)")
+    client.add_argument("--timeout", type=float, default=330.0, help="seconds to wait for the answer")
+    client.set_defaults(handler=_lazy("oyez.client", "transcribe"))
 
 
 def _add_license_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,13 +19,14 @@ def dev_key(
     pair: IssuerKeyPair | None = None,
     not_before: datetime | None = None,
     limits: dict[str, float] | None = None,
+    features: list[str] | None = None,
 ) -> str:
     return issue_key(
         pair or development_key_pair(),
         customer=customer,
         now=now or datetime.now(UTC),
         valid_for=timedelta(days=days),
-        features=ALL_FEATURES,
+        features=ALL_FEATURES if features is None else features,
         limits=limits,
         license_id=license_id,
         not_before=not_before,

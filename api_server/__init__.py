@@ -1,0 +1,1 @@
+"""The Oyez API server (:7100)."""
