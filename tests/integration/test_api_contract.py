@@ -513,7 +513,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return
 
 
-class _served:
+class _Served:
     def __init__(self, files: dict[str, bytes]) -> None:
         self.server = _FileServer(("127.0.0.1", 0), _Handler)
         self.server.files = files
@@ -527,5 +527,5 @@ class _served:
         self.server.server_close()
 
 
-def _file_server(files: dict[str, bytes]) -> _served:
-    return _served(files)
+def _file_server(files: dict[str, bytes]) -> _Served:
+    return _Served(files)
