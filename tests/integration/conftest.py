@@ -16,6 +16,7 @@ import soundfile as sf
 
 from asr_worker.engine.transcriber import EngineConfig, WhisperEngine
 from asr_worker.model.build import build_model
+from tests.integration.api_stack import ApiStack, new_stack
 from tests.speech_data import SpeechClip, load_speech_manifest
 
 TEST_MODEL = "whisper-tiny.en"
@@ -43,3 +44,21 @@ def read_clip(clip: SpeechClip) -> np.ndarray:
     samples, rate = sf.read(clip.path, dtype="float32")
     assert rate == 16000
     return samples
+
+
+@pytest.fixture(scope="session")
+def api_stack(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, redis_server: str
+) -> Iterator[ApiStack]:
+    """The batch stack (license server + proxy, one tiny.en worker, the API) shared by API tests
+    that do not break it; fault tests start their own."""
+    stack = new_stack(tmp_path_factory.mktemp("api"), tiny_bundle, redis_server)
+    try:
+        stack.start_license()
+        worker = stack.start_worker()
+        stack.wait_worker(worker)
+        stack.start_api()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()

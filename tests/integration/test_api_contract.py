@@ -17,10 +17,13 @@ import httpx
 import numpy as np
 import pytest
 import redis
+import schemathesis
 import soundfile as sf
 import soxr
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 
-from tests.integration.api_stack import ApiStack, new_stack
+from tests.integration.api_stack import ApiStack
 from tests.license_support import dev_key
 from tests.speech_data import SPEECH_DIR
 from tests.unit.test_audio import encode_av, wav_header
@@ -35,19 +38,8 @@ def normalise(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, redis_server: str
-) -> Iterator[ApiStack]:
-    api_stack = new_stack(tmp_path_factory.mktemp("api"), tiny_bundle, redis_server)
-    try:
-        api_stack.start_license()
-        worker = api_stack.start_worker()
-        api_stack.wait_worker(worker)
-        api_stack.start_api()
-        api_stack.wait_ready()
-        yield api_stack
-    finally:
-        api_stack.stop()
+def stack(api_stack: ApiStack) -> ApiStack:
+    return api_stack
 
 
 @pytest.fixture
@@ -468,6 +460,50 @@ def test_openapi_describes_the_routes(client: httpx.Client) -> None:
     assert {"200", "400", "401", "415", "422", "429", "503"} <= set(listen_op["responses"])
     assert "/api/v1/lightning/get_text" in schema["paths"]
     assert "/health" in schema["paths"] and "/healthz" in schema["paths"]
+
+
+# --- schemathesis: generated requests against /openapi.json ---------------------------------------
+_CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    schemathesis.checks.status_code_conformance,
+    schemathesis.checks.content_type_conformance,
+    schemathesis.checks.response_schema_conformance,
+]
+
+
+@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+def test_generated_requests_get_no_5xx_and_match_the_schema(
+    stack: ApiStack, mode: schemathesis.GenerationMode
+) -> None:
+    """Every operation of ``/openapi.json``, with schemathesis-generated requests (valid ones, and
+    ones that break the schema). Generated ``url`` values are pointed at a local server, so no
+    request ever leaves this machine."""
+    schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    exercised = 0
+    with _file_server({"/jfk.wav": JFK}) as sink:
+        for operation in operations:
+
+            @settings(
+                max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+            )
+            @given(case=operation.as_strategy(mode))
+            def exercise(case: schemathesis.Case) -> None:
+                if isinstance(case.body, dict) and "url" in case.body:
+                    case.body["url"] = f"{sink}/jfk.wav" if len(str(case.body["url"])) % 2 else f"{sink}/nope"
+                case.call_and_validate(
+                    base_url=stack.url, headers=stack.auth(), checks=_CHECKS, timeout=TIMEOUT
+                )
+
+            try:
+                exercise()
+            except Unsatisfiable:
+                # Nothing about this operation can be broken (no parameters, no body).
+                assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
+                continue
+            exercised += 1
+    assert exercised >= (9 if mode is schemathesis.GenerationMode.POSITIVE else 3)
 
 
 # --- helpers --------------------------------------------------------------------------------------
