@@ -48,9 +48,12 @@ def worker_address(url: str) -> str:
     if "://" not in text:
         text = f"grpc://{text}"
     parts = urlsplit(text)
-    if parts.scheme not in ("http", "https", "grpc") or not parts.hostname:
+    try:
+        port = parts.port or constants.ASR_GRPC_PORT
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https", "grpc") or not parts.hostname or port is None:
         raise ValueError(f"not a worker URL (want http://host:port): {url!r}")
-    port = parts.port or constants.ASR_GRPC_PORT
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{host}:{port}"
 
