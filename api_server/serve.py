@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
+import signal
+from collections.abc import Awaitable
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -38,6 +41,7 @@ from oyez.logs import get_logger
 EXIT_INVALID_LICENSE = 1
 EXIT_BAD_CONFIG = 2
 LICENSE_RETRY_MAX_S = 30.0
+CLOSE_STEP_TIMEOUT_S = 5.0
 _log = get_logger("api_server")
 
 
@@ -144,6 +148,8 @@ async def serve(settings: ApiSettings) -> int:
     except OSError as exc:
         _log.critical(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
         return EXIT_BAD_CONFIG
+    # ``kill -USR1 <pid>`` prints every thread's stack: for diagnosing a stuck process in place.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     state = build_state(settings)
     app = build_app(state)
     try:
@@ -160,12 +166,14 @@ async def serve(settings: ApiSettings) -> int:
             )
         )
         done, _ = await asyncio.wait({license_task, serving}, return_when=asyncio.FIRST_COMPLETED)
+        _log.debug("Serving ended or license check finished", serving_done=serving in done)
         if license_task in done and not license_task.result():
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
             return EXIT_INVALID_LICENSE
         await serving
+        _log.info("HTTP server closed; releasing connections to workers, proxy and Redis")
         license_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await license_task
@@ -178,11 +186,21 @@ async def serve(settings: ApiSettings) -> int:
 
 
 async def _close(state: ApiState) -> None:
+    """Release everything, each step bounded so a stuck dependency cannot hold the exit."""
+    steps: list[tuple[str, Awaitable[None]]] = []
     if state.usage is not None:
-        await state.usage.close()
-    await state.directory.close()
-    await state.gate.aclose()
-    await state.health.aclose()
+        steps.append(("usage events", state.usage.close()))
+    steps += [
+        ("worker directory", state.directory.close()),
+        ("license gate", state.gate.aclose()),
+        ("health checker", state.health.aclose()),
+    ]
     if state.redis_client is not None:
-        with contextlib.suppress(Exception):
-            await state.redis_client.aclose()
+        steps.append(("redis", state.redis_client.aclose()))
+    for name, step in steps:
+        try:
+            await asyncio.wait_for(step, timeout=CLOSE_STEP_TIMEOUT_S)
+        except TimeoutError:
+            _log.warning(f"Shutdown: closing the {name} took over {CLOSE_STEP_TIMEOUT_S:g}s; moving on")
+        except Exception as exc:  # noqa: BLE001 - shutting down: report and continue
+            _log.warning(f"Shutdown: closing the {name} failed: {exc}")
