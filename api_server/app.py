@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse
 from api_server.guard import client_ip, error_response, request_id_of
 from api_server.routes_compat import router as compat_router
 from api_server.routes_health import router as health_router
+from api_server.routes_jobs import router as jobs_router
 from api_server.routes_listen import router as listen_router
+from api_server.routes_stream import router as stream_router
 from api_server.state import ApiState
 from api_server.transcription import RequestRecord
 from api_server.usage import usage_event
@@ -93,5 +95,7 @@ def build_app(state: ApiState) -> FastAPI:
 
     app.include_router(health_router)
     app.include_router(listen_router)
+    app.include_router(jobs_router)
     app.include_router(compat_router)
+    app.include_router(stream_router)
     return app

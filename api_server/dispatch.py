@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import grpc
+
 from api_server import asr_client
 from api_server.asr_client import WorkerFailed, WorkerOptions
 from api_server.errors import NoWorkers, RequestTimeout
@@ -86,6 +88,18 @@ class Dispatcher:
         raise NoWorkers(
             f"the request failed on {len(failed)} worker(s) ({last_failure.status.name}); retry shortly"
         )
+
+    async def acquire(
+        self, language: str, request_id: str, exclude: frozenset[str] = frozenset()
+    ) -> WorkerView:
+        """A worker slot held until :meth:`release` (for streams): the same admission as requests."""
+        return await self._admit(language, request_id, exclude, time.monotonic() + self._queue_timeout_s)
+
+    async def release(self, address: str) -> None:
+        await self._directory.release(address)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        return self._directory.channel(address)
 
     async def _admit(
         self, language: str, request_id: str, exclude: frozenset[str], deadline: float

@@ -59,6 +59,18 @@ class PayloadTooLarge(OyezError):
     code = "PAYLOAD_TOO_LARGE"
 
 
+class JobNotFound(OyezError):
+    """No asynchronous job with this id is visible to the caller's license (or it has expired)."""
+
+    code = "JOB_NOT_FOUND"
+
+
+class JobsUnavailable(OyezError):
+    """The job store (Redis) is unreachable, or the spool of pending jobs' audio is full."""
+
+    code = "JOBS_UNAVAILABLE"
+
+
 @dataclass(frozen=True)
 class HttpError:
     status: int
@@ -77,6 +89,7 @@ _TABLE: dict[str, tuple[int, str | None]] = {
     "INVALID_LICENSE": (401, "Invalid license key"),
     "LICENSE_EXPIRED": (403, "License expired"),
     "FEATURE_NOT_LICENSED": (403, None),
+    "JOB_NOT_FOUND": (404, "Job not found"),
     "PAYLOAD_TOO_LARGE": (413, None),
     "UNSUPPORTED_FORMAT": (415, "Unsupported audio format"),
     "CORRUPT_AUDIO": (415, "Unsupported audio format"),
@@ -86,6 +99,7 @@ _TABLE: dict[str, tuple[int, str | None]] = {
     "SERVICE_UNAVAILABLE": (503, "No ASR workers available"),
     "RESOURCE_EXHAUSTED": (503, "No ASR workers available"),
     "LICENSE_PROXY_UNAVAILABLE": (503, None),
+    "JOBS_UNAVAILABLE": (503, None),
     "REQUEST_TIMEOUT": (504, None),
 }
 

@@ -19,6 +19,7 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 MAX_SPEAKERS = 32
 AUTO_LANGUAGES = frozenset({"auto", "multi"})
+MAX_CALLBACK_URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,15 @@ def _parse_speakers(value: object) -> int:
 
 
 def _parse_callback(value: object) -> str | None:
+    """An http(s) URL, or None. Its host is checked against the SSRF guard when the job is
+    submitted (that needs DNS, so it is not done here)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+    if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
         raise InvalidParameter(f"callback_url must be an http:// or https:// URL, got {_show(value)}")
-    return value
+    if len(value) > MAX_CALLBACK_URL_CHARS:
+        raise InvalidParameter(f"callback_url is longer than {MAX_CALLBACK_URL_CHARS} characters")
+    return value.strip()
 
 
 def _show(value: object) -> str:
@@ -114,10 +119,5 @@ def parse_listen_options(raw: Mapping[str, object]) -> ListenOptions:
     if options.diarize or options.num_speakers is not None:
         raise FeatureNotAvailable(
             "diarize and num_speakers are not available in this release; send diarize=false (the default)"
-        )
-    if options.callback_url is not None:
-        raise FeatureNotAvailable(
-            "callback_url (asynchronous jobs) is not available in this release; omit it to get the "
-            "result in the response"
         )
     return options

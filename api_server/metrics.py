@@ -57,6 +57,21 @@ class ApiMetrics:
             registry=r,
         )
         self.usage_pending = Gauge("api_usage_events_pending", "Usage events not yet sent", registry=r)
+        self.jobs = Counter("api_jobs", "Asynchronous jobs finished, by status", ["status"], registry=r)
+        self.webhooks = Counter(
+            "api_webhooks", "Job webhooks delivered or given up, by outcome", ["outcome"], registry=r
+        )
+        self.active_streams = Gauge(
+            "asr_active_streams", "Streaming sessions bridged to a worker", registry=r
+        )
+        self.stream_queue_depth = Gauge(
+            "asr_stream_queue_depth", "Streaming sessions waiting for a worker slot", registry=r
+        )
+        self.stream_failovers = Counter(
+            "api_stream_failovers",
+            "Streaming sessions moved to another worker after a worker loss",
+            registry=r,
+        )
 
     def export(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ from api_server.routes_listen import query_options
 from api_server.schemas import CompatError, CompatResponse
 from api_server.state import ApiState
 from api_server.transcription import RequestRecord, require_features
+from api_server.utterance_shapes import utterances
 from oyez.errors import InvalidParameter, OyezError
 from oyez.proto import asr_v1_pb2 as pb
 
@@ -36,8 +37,6 @@ COMPAT_PARAMS = (
     "webhook_extra",
 )
 _DETECTIONS = {"age_detection": "age", "gender_detection": "gender", "emotion_detection": "emotions"}
-UTTERANCE_GAP_S = 0.8
-_SENTENCE_END = (".", "?", "!")
 _BOOL = {"type": "string", "enum": ["true", "false"], "default": "false"}
 COMPAT_OPENAPI: dict[str, Any] = {
     "parameters": [
@@ -95,28 +94,6 @@ def compat_options(query: dict[str, str]) -> tuple[ListenOptions, dict[str, bool
     return options, detections
 
 
-def utterances(words: list[pb.Word]) -> list[dict[str, Any]]:
-    """Words grouped into utterances: a new one after a sentence end or a pause of 0.8 s."""
-    groups: list[list[pb.Word]] = []
-    for word in words:
-        if groups:
-            previous = groups[-1][-1]
-            if previous.word.rstrip().endswith(_SENTENCE_END) or word.start - previous.end >= UTTERANCE_GAP_S:
-                groups.append([word])
-                continue
-            groups[-1].append(word)
-        else:
-            groups.append([word])
-    return [
-        {
-            "text": " ".join(w.word.strip() for w in group).strip(),
-            "start": round(group[0].start, 3),
-            "end": round(group[-1].end, 3),
-        }
-        for group in groups
-    ]
-
-
 def compat_body(
     response: pb.TranscribeResponse,
     *,
@@ -134,7 +111,7 @@ def compat_body(
         ]
         if word_timestamps
         else [],
-        "utterances": utterances(list(response.words)),
+        "utterances": utterances([{"word": w.word, "start": w.start, "end": w.end} for w in response.words]),
         "metadata": {"duration": round(response.duration, 3), "fileSize": size},
     }
     if filename:

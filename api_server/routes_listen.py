@@ -9,11 +9,13 @@ from fastapi.responses import JSONResponse
 
 from api_server.guard import admit, authenticate, release
 from api_server.listen_options import KNOWN_OPTIONS, parse_listen_options
+from api_server.routes_jobs import JobAccepted, accept_job, require_jobs
 from api_server.schemas import ErrorBody, ListenResponse
 from api_server.state import ApiState
-from api_server.transcription import RequestRecord, require_features
+from api_server.transcription import RequestRecord, listen_body, require_features
 from oyez.errors import InvalidParameter
-from oyez.proto import asr_v1_pb2 as pb
+
+__all__ = ["listen_body", "router"]
 
 router = APIRouter(tags=["transcription"])
 
@@ -24,7 +26,11 @@ _OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
     "diarize": {**_BOOL, "default": "false", "description": "true is refused (FEATURE_NOT_AVAILABLE)"},
     "num_speakers": {"type": "integer", "minimum": 1, "maximum": 32, "description": "refused, as diarize"},
     "timestamps": {**_BOOL, "default": "false"},
-    "callback_url": {"type": "string", "description": "refused in this release (FEATURE_NOT_AVAILABLE)"},
+    "callback_url": {
+        "type": "string",
+        "description": "asynchronous job: 200 {job_id, status: processing} at once, the result by a "
+        "signed webhook to this URL and at GET /v1/listen/jobs/{job_id} (needs the callbacks feature)",
+    },
 }
 _JSON_OPTIONS = {
     "language": {"type": "string", "default": "en"},
@@ -96,35 +102,17 @@ def query_options(request: Request) -> dict[str, str]:
     return dict(items)
 
 
-def listen_body(request_id: str, response: pb.TranscribeResponse, timestamps: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "request_id": request_id,
-        "text": response.text,
-        "confidence": round(response.confidence, 4),
-        "duration": round(response.duration, 3),
-        "language": response.language,
-    }
-    if timestamps:
-        body["words"] = [
-            {
-                "word": w.word,
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "confidence": round(w.confidence, 4),
-            }
-            for w in response.words
-        ]
-    return body
-
-
 @router.post(
     "/v1/listen",
-    response_model=ListenResponse,
+    response_model=ListenResponse | JobAccepted,
     response_model_exclude_none=True,
     responses=ERROR_RESPONSES,
     openapi_extra=LISTEN_OPENAPI,
     summary="Transcribe an audio file or URL",
-    description="Options: " + ", ".join(KNOWN_OPTIONS) + " (query string, form fields or JSON members).",
+    description="Options: "
+    + ", ".join(KNOWN_OPTIONS)
+    + " (query string, form fields or JSON members). With callback_url the answer is "
+    + "200 {job_id, status: processing} at once (JobAccepted) and the result arrives by webhook.",
 )
 async def listen(request: Request) -> JSONResponse:
     state = _state(request)
@@ -135,17 +123,22 @@ async def listen(request: Request) -> JSONResponse:
     query = query_options(request)
     early = parse_listen_options(query)
     require_features(grant, early)
+    if early.callback_url is not None:
+        require_jobs(state)
     lease = await admit(state, grant)
     state.metrics.in_flight.inc()
     try:
-        response, options, _, _ = await state.flow.run(
+        body, options = await state.flow.prepare(
             grant=grant,
-            request_id=request_id,
             query=query,
             body_reader=request.stream(),
             content_type=request.headers.get("content-type"),
             record=record,
         )
+        if options.callback_url is not None:
+            # Asynchronous: store the job and answer at once; a job runner transcribes it.
+            return JSONResponse(await accept_job(state, grant, request_id, body, options))
+        response, _ = await state.flow.transcribe_body(body, options, request_id, record)
     finally:
         state.metrics.in_flight.dec()
         await release(state, lease, grant, record.audio_seconds)

@@ -23,12 +23,14 @@ from redis.backoff import NoBackoff
 from api_server.app import build_app
 from api_server.dispatch import Dispatcher
 from api_server.health import HealthChecker
+from api_server.job_runner import build_job_runner
 from api_server.license_gate import LicenseGate
 from api_server.limits import LicenseLimiter
 from api_server.limits_local import LocalLimiter
 from api_server.metrics import ApiMetrics
 from api_server.settings import ApiSettings
 from api_server.state import ApiState
+from api_server.stream_state import MemorySessionStore, RedisSessionStore
 from api_server.transcription import Limiter, TranscriptionFlow
 from api_server.url_fetch import FetchPolicy
 from api_server.usage import UsageSender
@@ -45,10 +47,10 @@ CLOSE_STEP_TIMEOUT_S = 5.0
 _log = get_logger("api_server")
 
 
-def _redis_client(url: str) -> redis.Redis:
+def _redis_client(url: str, *, decode: bool = True) -> redis.Redis:
     return redis.Redis.from_url(
         url,
-        decode_responses=True,
+        decode_responses=decode,
         socket_connect_timeout=2.0,
         socket_timeout=2.0,
         retry=Retry(NoBackoff(), 1),
@@ -112,6 +114,9 @@ def build_state(settings: ApiSettings) -> ApiState:
         if key
         else None,
         redis_client=client,
+        streams=RedisSessionStore(_redis_client(redis_url, decode=False))
+        if redis_url
+        else MemorySessionStore(),
     )
 
 
@@ -151,11 +156,14 @@ async def serve(settings: ApiSettings) -> int:
     # ``kill -USR1 <pid>`` prints every thread's stack: for diagnosing a stuck process in place.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     state = build_state(settings)
+    state.jobs = build_job_runner(state)  # callback_url jobs (None without Redis)
     app = build_app(state)
     try:
         await state.directory.start()
         if state.usage is not None:
             state.usage.start()
+        if state.jobs is not None:
+            state.jobs.start()
         license_task = asyncio.create_task(check_own_license(state, key))
         serving = asyncio.create_task(
             serve_asgi(
@@ -188,6 +196,8 @@ async def serve(settings: ApiSettings) -> int:
 async def _close(state: ApiState) -> None:
     """Release everything, each step bounded so a stuck dependency cannot hold the exit."""
     steps: list[tuple[str, Awaitable[None]]] = []
+    if state.jobs is not None:  # first: a job finishing now still sends its usage event
+        steps.append(("job runner", state.jobs.close()))
     if state.usage is not None:
         steps.append(("usage events", state.usage.close()))
     steps += [

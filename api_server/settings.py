@@ -148,8 +148,26 @@ class ApiSettings(BaseSettings):
     )
     url_allow_private: bool = Field(default=False, description="Let `url` reach any private address.")
     url_fetch_timeout_s: float = Field(default=120.0, gt=0)
+    # asynchronous jobs (`callback_url`; need Redis): see api_server/jobs.py and job_runner.py
+    job_retention_s: float = Field(default=86400.0, gt=0, description="How long a finished job is kept.")
+    job_audio_max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Audio bytes all pending jobs may hold in Redis together."
+    )
+    job_claim_idle_s: float = Field(
+        default=60.0, gt=0, description="A job silent this long (its replica died) is taken over."
+    )
+    job_concurrency: int = Field(default=4, ge=1, description="Jobs one replica processes at once.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key for webhook signatures; unset: derived from LICENSE_KEY."
+    )
+    webhook_retries: int = Field(default=3, ge=0, le=10, description="Webhook retries after the first try.")
+    webhook_backoff_s: float = Field(default=1.0, gt=0, description="First retry delay; doubles each time.")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="One webhook attempt's time limit.")
     upstream_timeout_s: float = Field(default=5.0, gt=0, description="License proxy / health call timeout.")
     drain_grace_s: float = Field(default=30.0, gt=0, description="SIGTERM: time left for in-flight requests.")
+    stream_idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="A stream with no audio and no KeepAlive this long is closed (1008)."
+    )
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
 

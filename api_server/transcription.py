@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from api_server.asr_client import WorkerOptions
 from api_server.dispatch import Dispatcher
@@ -101,6 +101,28 @@ async def audio_of(body: ListenBody, policy: FetchPolicy) -> bytes:
     return body.audio
 
 
+def listen_body(request_id: str, response: pb.TranscribeResponse, timestamps: bool) -> dict[str, Any]:
+    """The ``POST /v1/listen`` 200 body (also a completed job's ``result``)."""
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "text": response.text,
+        "confidence": round(response.confidence, 4),
+        "duration": round(response.duration, 3),
+        "language": response.language,
+    }
+    if timestamps:
+        body["words"] = [
+            {
+                "word": w.word,
+                "start": round(w.start, 3),
+                "end": round(w.end, 3),
+                "confidence": round(w.confidence, 4),
+            }
+            for w in response.words
+        ]
+    return body
+
+
 def check_container(audio: bytes) -> str:
     if not audio:
         raise EmptyAudio("the audio is empty (0 bytes)")
@@ -132,14 +154,36 @@ class TranscriptionFlow:
         """Body -> options -> audio -> worker. Returns the worker's answer, the options in force, the
         body and the size in bytes of the audio that was transcribed. The caller has already
         validated ``query`` and admitted the request against the license limits."""
+        body, options = await self.prepare(
+            grant=grant, query=query, body_reader=body_reader, content_type=content_type, record=record
+        )
+        response, size = await self._transcribe(body, options, request_id, options.timestamps, record)
+        return response, options, body, size
+
+    async def prepare(
+        self,
+        *,
+        grant: Grant,
+        query: Mapping[str, str],
+        body_reader: AsyncIterator[bytes],
+        content_type: str | None,
+        record: RequestRecord,
+    ) -> tuple[ListenBody, ListenOptions]:
+        """The first half of :meth:`run`: read the body, merge and check the options. The route then
+        either transcribes (:meth:`transcribe_body`) or, with ``callback_url``, stores a job."""
         body = await read_body(
             content_kind(content_type), content_type or "", body_reader, self.max_upload_bytes
         )
         options = merge_options(query, body.options)
         record.features = options.features()
         require_features(grant, options)
-        response, size = await self._transcribe(body, options, request_id, options.timestamps, record)
-        return response, options, body, size
+        return body, options
+
+    async def transcribe_body(
+        self, body: ListenBody, options: ListenOptions, request_id: str, record: RequestRecord
+    ) -> tuple[pb.TranscribeResponse, int]:
+        """The second half of :meth:`run`: the audio (fetched when ``url``) to a worker."""
+        return await self._transcribe(body, options, request_id, options.timestamps, record)
 
     async def run_compat(
         self,

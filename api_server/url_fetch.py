@@ -140,23 +140,23 @@ def _scheme(url: str) -> str:
     return scheme
 
 
-def _parse_http(url: str) -> httpx.URL:
+def _parse_http(url: str, name: str = "`url`") -> httpx.URL:
     """Parse an http(s) URL and refuse user info, a missing or malformed host and a bad port."""
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise InvalidParameter(f"`url` is not a valid URL: {exc}") from exc
+        raise InvalidParameter(f"{name} is not a valid URL: {exc}") from exc
     if parsed.scheme not in _HTTP_SCHEMES:
-        raise InvalidParameter(f"`url` must be http:// or https://, got {parsed.scheme or 'no'} scheme")
+        raise InvalidParameter(f"{name} must be http:// or https://, got {parsed.scheme or 'no'} scheme")
     if parsed.userinfo or "@" in urlsplit(url).netloc:
-        raise InvalidParameter("`url` must not contain user information (user:password@host)")
+        raise InvalidParameter(f"{name} must not contain user information (user:password@host)")
     host = parsed.raw_host.decode("ascii")
     if not host:
-        raise InvalidParameter("`url` has no host")
+        raise InvalidParameter(f"{name} has no host")
     if _ip_literal(host) is None and (len(host) > 253 or not _HOST_NAME.match(host)):
-        raise InvalidParameter("`url` has a malformed host name")
+        raise InvalidParameter(f"{name} has a malformed host name")
     if parsed.port is not None and not 1 <= parsed.port <= 65535:
-        raise InvalidParameter(f"`url` has an invalid port {parsed.port}")
+        raise InvalidParameter(f"{name} has an invalid port {parsed.port}")
     return parsed
 
 
@@ -182,16 +182,16 @@ async def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def _addresses(host: str, port: int) -> list[str]:
+async def _addresses(host: str, port: int, what: str = "audio URL") -> list[str]:
     """Resolve ``host`` (an IP literal resolves to itself); UrlFetchFailed when it cannot."""
     if _ip_literal(host) is not None:
         return [host]
     try:
         found = await _resolve(host, port)
     except (OSError, UnicodeError) as exc:
-        raise UrlFetchFailed(f"could not resolve the audio URL host {host!r}: {exc}") from exc
+        raise UrlFetchFailed(f"could not resolve the {what} host {host!r}: {exc}") from exc
     if not found:
-        raise UrlFetchFailed(f"the audio URL host {host!r} resolved to no address")
+        raise UrlFetchFailed(f"the {what} host {host!r} resolved to no address")
     return found
 
 
@@ -269,21 +269,45 @@ def _block_reason(host: str, addresses: Iterable[str], policy: FetchPolicy) -> s
     return None
 
 
-async def _http_target(url: str, policy: FetchPolicy) -> _Target:
+async def _http_target(
+    url: str, policy: FetchPolicy, name: str = "`url`", what: str = "audio URL"
+) -> _Target:
     """Run every check on an http(s) URL and resolve it: the only way to obtain a ``_Target``."""
-    parsed = _parse_http(url)
+    parsed = _parse_http(url, name)
     host = parsed.raw_host.decode("ascii")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    addresses = await _addresses(host, port)
+    addresses = await _addresses(host, port, what)
     reason = _block_reason(host, addresses, policy)
     if reason is not None:
         raise InvalidParameter(
-            f"the audio URL host {host!r} is a {reason} address, which is blocked to protect internal "
+            f"the {what} host {host!r} is a {reason} address, which is blocked to protect internal "
             f"services; an operator can permit it with {_ALLOWED_HOSTS_SETTING} (host name, IP or CIDR) "
             f"or {_ALLOW_PRIVATE_SETTING}=true",
             host=host,
         )
     return _Target(url=parsed, host=host, addresses=tuple(dict.fromkeys(addresses)))
+
+
+# Public name of a checked http(s) URL, for callers outside this module (webhook delivery).
+CheckedUrl = _Target
+
+
+async def check_http_url(url: str, policy: FetchPolicy, *, name: str, what: str) -> CheckedUrl:
+    """The same parse, resolve and SSRF checks a fetch makes, for an http(s) URL another part of the
+    server connects to (``callback_url``). ``name`` labels the parameter in messages (``callback_url``),
+    ``what`` the host (``callback URL``). Connect only to the returned ``addresses`` (never resolve
+    again), sending ``Host`` and SNI for ``host``: that defeats DNS rebinding."""
+    return await _http_target(url, policy, name, what)
+
+
+async def check_audio_url(url: str, policy: FetchPolicy) -> None:
+    """Every check :func:`fetch_url` makes before its first byte, without fetching: the scheme, the
+    URL's shape and, for http(s), the resolved addresses against the SSRF guard. For a URL kept to be
+    fetched later (an asynchronous job): the fetch checks it all again."""
+    if _scheme(url) == "s3":
+        _s3_location(url)
+    else:
+        await _http_target(url, policy)
 
 
 # --- HTTP ------------------------------------------------------------------------------------

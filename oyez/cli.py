@@ -103,6 +103,10 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     client.add_argument("--server", help="API base URL (default: $OYEZ_SERVER or http://localhost:7100)")
     client.add_argument("--key", help="license key (default: $OYEZ_API_KEY, else the local dev key)")
     client.add_argument("--timeout", type=float, default=330.0, help="seconds to wait for the answer")
+    client.add_argument(
+        "--stream", action="store_true", help="stream FILE over the WebSocket at real-time pace, live results"
+    )
+    client.add_argument("--speed", type=float, default=1.0, help="with --stream: times faster than real time")
     client.set_defaults(handler=_lazy("oyez.client", "transcribe"))
 
 

@@ -245,6 +245,8 @@ def _request(args: argparse.Namespace, env: Mapping[str, str]) -> httpx.Response
 
 def transcribe(args: argparse.Namespace) -> int:
     """``oyez transcribe FILE | --url URL``: print the transcript (or JSON, or timed words)."""
+    if getattr(args, "stream", False):
+        return _stream(args)
     try:
         response = _request(args, os.environ)
     except ClientError as exc:
@@ -261,6 +263,24 @@ def transcribe(args: argparse.Namespace) -> int:
     if not isinstance(body, dict):
         return _print_out(json.dumps(body, indent=2, ensure_ascii=False))
     return _print_out(format_result(body, as_json=args.json, timestamps=args.timestamps))
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from oyez.stream_client import StreamClientError, stream_file
+
+    if not args.file:
+        print("error: --stream needs a FILE (not --url)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = audio_file(args.file)
+        key = resolve_key(args.key, os.environ, local_stack.default_state_dir())
+        return stream_file(path, server_url(args.server, os.environ), key, args)
+    except ClientError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except StreamClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _print_out(text: str) -> int:

@@ -9,11 +9,13 @@ sent again. Decoding goes through the engine's batcher, so streams and files sha
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .segmenter import VadConfig
+from .stream_checkpoint import StreamCheckpoint, unpack_checkpoint
 from .types import Samples, StreamOptions, StreamResult, TranscribeOptions
 from .vad import CHUNK
 
@@ -44,6 +46,22 @@ class WhisperStream:
         self._silence_run = 0
         self._since_interim = 0
         self._closed = False
+        self._vad_position = 0  # samples the VAD has judged since the stream began
+        self._in_speech = False  # for vad_events: inside a speech segment
+        self._unjudged_skip = 0  # after a resume: replayed samples the VAD already judged
+        if options.resume_token:
+            self._resume(unpack_checkpoint(options.resume_token))
+
+    def _resume(self, checkpoint: StreamCheckpoint) -> None:
+        self._vad.restore(checkpoint.vad_state, checkpoint.vad_context)
+        self._vad_position = checkpoint.vad_samples
+        self._pending_start = checkpoint.committed_samples
+        self._unjudged_skip = checkpoint.vad_samples - checkpoint.committed_samples
+        self._in_speech = checkpoint.in_speech
+
+    def _checkpoint(self) -> StreamCheckpoint:
+        state, context = self._vad.snapshot()
+        return StreamCheckpoint(self._pending_start, self._vad_position, self._in_speech, state, context)
 
     async def push(self, samples: Samples) -> list[StreamResult]:
         if self._closed:
@@ -51,37 +69,71 @@ class WhisperStream:
         samples = np.asarray(samples, dtype=np.float32)
         self._pending = np.concatenate([self._pending, samples])
         self._since_interim += samples.shape[0]
+        if self._unjudged_skip:  # replayed audio the previous worker's VAD had already judged
+            skipped = min(self._unjudged_skip, samples.shape[0])
+            self._unjudged_skip -= skipped
+            samples = samples[skipped:]
+        out: list[StreamResult] = []
+        # Decisions are taken per VAD chunk, at the chunk's position, never at the end of a push:
+        # the same audio gives the same finals however the client frames it (and a replay on
+        # another worker, framed differently, gives the same finals too).
         for prob in self._vad.push(samples):
             if prob >= self._vad_config.threshold:
                 self._speech_seen, self._silence_run = True, 0
+                if not self._in_speech:
+                    self._in_speech = True
+                    out += self._event("speech_started", self._vad_position)
             elif prob < self._vad_config.neg_threshold:
                 self._silence_run += CHUNK
-        if not self._speech_seen:
-            self._drop_leading_silence()
-            return []
-        if self._silence_run >= self._eou_samples:
-            speech_end = max(0, self._pending.shape[0] - self._silence_run + TAIL_PAD_SAMPLES)
-            return [await self._commit(speech_end, from_finalize=False, is_last=False)]
-        if self._pending.shape[0] >= MAX_PENDING_SAMPLES:
-            return [await self._commit(self._pending.shape[0], from_finalize=False, is_last=False)]
-        if self._since_interim >= self._interim_samples:
+            self._vad_position += CHUNK
+            judged = self._vad_position - self._pending_start  # judged samples in the pending buffer
+            if not self._speech_seen:
+                self._drop_leading_silence(judged)
+            elif self._silence_run >= self._eou_samples:
+                out += self._speech_ended(self._vad_position - self._silence_run)
+                speech_end = max(0, judged - self._silence_run + TAIL_PAD_SAMPLES)
+                out.append(await self._commit(speech_end, from_finalize=False, is_last=False))
+            elif judged >= MAX_PENDING_SAMPLES:
+                out.append(await self._commit(judged, from_finalize=False, is_last=False))
+        if self._speech_seen and self._since_interim >= self._interim_samples:
             self._since_interim = 0
             interim = await self._decode(self._pending, is_final=False)
-            return [interim] if interim.text else []
-        return []
+            if interim.text:
+                out.append(interim)
+        return out
 
     async def finalize(self) -> list[StreamResult]:
-        return [await self._commit(self._pending.shape[0], from_finalize=True, is_last=False)]
+        ended = self._speech_ended(self._pending_start + self._pending.shape[0])
+        return [*ended, await self._commit(self._pending.shape[0], from_finalize=True, is_last=False)]
 
     async def close(self) -> list[StreamResult]:
         if self._closed:
             return []
+        ended = self._speech_ended(self._pending_start + self._pending.shape[0])
         result = await self._commit(self._pending.shape[0], from_finalize=False, is_last=True)
         self._closed = True
-        return [result]
+        return [*ended, result]
 
-    def _drop_leading_silence(self) -> None:
-        excess = self._pending.shape[0] - IDLE_KEEP_SAMPLES
+    def _event(self, name: str, position: int) -> list[StreamResult]:
+        if not self._options.vad_events:
+            return []
+        return [
+            StreamResult(
+                text="", is_final=False, event=name, event_time=round(position / SAMPLE_RATE, 3),
+                language=self._language,
+            )
+        ]  # fmt: skip
+
+    def _speech_ended(self, position: int) -> list[StreamResult]:
+        """``speech_ended`` at ``position`` (samples since the stream began), once per segment."""
+        if not self._in_speech:
+            return []
+        self._in_speech = False
+        return self._event("speech_ended", position)
+
+    def _drop_leading_silence(self, judged: int) -> None:
+        """Keep only ``IDLE_KEEP_SAMPLES`` of silence before the VAD's position."""
+        excess = judged - IDLE_KEEP_SAMPLES
         if excess > 0:
             self._pending = self._pending[excess:]
             self._pending_start += excess
@@ -107,7 +159,9 @@ class WhisperStream:
         self._speech_seen = False
         self._silence_run = 0
         self._since_interim = 0
-        return result
+        if is_last:
+            return result
+        return replace(result, resume_token=self._checkpoint().pack(), committed_samples=self._pending_start)
 
     async def _decode(
         self, audio: Samples, *, is_final: bool, from_finalize: bool = False, is_last: bool = False

@@ -47,6 +47,8 @@ class StreamOptions:
     sample_rate: int = 16000
     eou_timeout_ms: int = 800
     interim_interval_ms: int = 700
+    vad_events: bool = False
+    resume_token: bytes = b""  # continue a stream another worker began (see stream_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class StreamResult:
     confidence: float = 0.0
     words: list[Word] = field(default_factory=list)
     language: str = "en"
+    event: str = ""  # "speech_started" | "speech_ended" (with vad_events); no text then
+    event_time: float = 0.0
+    resume_token: bytes = b""  # on finals: where the stream stands (see stream_checkpoint)
+    committed_samples: int = 0  # on finals: the committed end, in 16 kHz samples
 
 
 class StreamSession(Protocol):

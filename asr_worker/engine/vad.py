@@ -71,6 +71,16 @@ class VadStream:
         self._context = np.zeros((1, CONTEXT), dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
 
+    def snapshot(self) -> tuple[FloatArray, FloatArray]:
+        """The recurrent state and the context: what the next chunk's probability depends on."""
+        return self._state.copy(), self._context.copy()
+
+    def restore(self, state: FloatArray, context: FloatArray) -> None:
+        """Continue from :meth:`snapshot` (on another process); any partial chunk is dropped."""
+        self._state = state.astype(np.float32).copy()
+        self._context = context.astype(np.float32).copy()
+        self._pending = np.zeros(0, dtype=np.float32)
+
     def push(self, samples: FloatArray) -> FloatArray:
         self._pending = np.concatenate([self._pending, samples.astype(np.float32)])
         count = self._pending.shape[0] // CHUNK

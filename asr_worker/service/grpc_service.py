@@ -151,6 +151,8 @@ def _stream_options(engine: Engine, config: pb.StreamingConfig) -> StreamOptions
         timestamps=config.options.timestamps,
         sample_rate=constants.SAMPLE_RATE,
         eou_timeout_ms=eou_ms,
+        vad_events=config.vad_events,
+        resume_token=config.resume_token,
     )
 
 
@@ -182,6 +184,10 @@ def _stream_response(request_id: str, result: StreamResult) -> pb.StreamingRespo
         confidence=result.confidence,
         words=_words(result.words),
         language=result.language,
+        event=result.event,
+        event_time=result.event_time,
+        resume_token=result.resume_token,
+        committed_samples=result.committed_samples,
     )
 
 

@@ -210,12 +210,20 @@ class StreamingConfig(_message.Message):
     ENCODING_FIELD_NUMBER: _builtins.int
     SAMPLE_RATE_FIELD_NUMBER: _builtins.int
     EOU_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    VAD_EVENTS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     encoding: Global___AudioEncoding.ValueType
     sample_rate: _builtins.int
     """8000..48000; 0 means 16000."""
     eou_timeout_ms: _builtins.int
     """Silence that ends an utterance, 100..10000 ms; 0 means 800."""
+    vad_events: _builtins.bool
+    """true: also send voice-activity events (`event` = speech_started / speech_ended)."""
+    resume_token: _builtins.bytes
+    """Continue a stream another worker began: the `resume_token` of its last final. The audio sent
+    next must start at that final's `committed_samples` (16 kHz samples; the same bytes as before).
+    """
     @_builtins.property
     def options(self) -> Global___TranscriptionOptions: ...
     def __init__(
@@ -226,10 +234,12 @@ class StreamingConfig(_message.Message):
         encoding: Global___AudioEncoding.ValueType = ...,
         sample_rate: _builtins.int = ...,
         eou_timeout_ms: _builtins.int = ...,
+        vad_events: _builtins.bool = ...,
+        resume_token: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "eou_timeout_ms", b"eou_timeout_ms", "options", b"options", "request_id", b"request_id", "sample_rate", b"sample_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "eou_timeout_ms", b"eou_timeout_ms", "options", b"options", "request_id", b"request_id", "resume_token", b"resume_token", "sample_rate", b"sample_rate", "vad_events", b"vad_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +290,10 @@ class StreamingResponse(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     WORDS_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    COMMITTED_SAMPLES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     transcript: _builtins.str
     is_final: _builtins.bool
@@ -290,6 +304,16 @@ class StreamingResponse(_message.Message):
     end: _builtins.float
     confidence: _builtins.float
     language: _builtins.str
+    event: _builtins.str
+    """Empty for transcripts. With `vad_events`: "speech_started" or "speech_ended", at `event_time`
+    (seconds since the first audio of the stream); such messages carry no transcript.
+    """
+    event_time: _builtins.float
+    resume_token: _builtins.bytes
+    """On finals (not the last): an opaque checkpoint to continue the stream elsewhere, and the
+    committed end of the audio in 16 kHz samples since the stream began.
+    """
+    committed_samples: _builtins.int
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]: ...
     def __init__(
@@ -305,10 +329,14 @@ class StreamingResponse(_message.Message):
         confidence: _builtins.float = ...,
         words: _abc.Iterable[Global___Word] | None = ...,
         language: _builtins.str = ...,
+        event: _builtins.str = ...,
+        event_time: _builtins.float = ...,
+        resume_token: _builtins.bytes = ...,
+        committed_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "end", b"end", "from_finalize", b"from_finalize", "is_final", b"is_final", "is_last", b"is_last", "language", b"language", "request_id", b"request_id", "start", b"start", "transcript", b"transcript", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_samples", b"committed_samples", "confidence", b"confidence", "end", b"end", "event", b"event", "event_time", b"event_time", "from_finalize", b"from_finalize", "is_final", b"is_final", "is_last", b"is_last", "language", b"language", "request_id", b"request_id", "resume_token", b"resume_token", "start", b"start", "transcript", b"transcript", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,7 +57,7 @@ def api_stack(
         stack.start_license()
         worker = stack.start_worker()
         stack.wait_worker(worker)
-        stack.start_api()
+        stack.start_api(OYEZ_STREAM_IDLE_TIMEOUT_S="3")
         stack.wait_ready()
         yield stack
     finally:

@@ -4,21 +4,25 @@ proxy down, Redis restarted, every worker busy (queue full, queue timeout), and 
 from __future__ import annotations
 
 import io
+import json
+import re
 import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from websockets.sync.client import connect
 
 from tests.conftest import _redis_server_binary, _wait_for_port
-from tests.integration.api_stack import ApiStack, new_stack, wait_http
+from tests.integration.api_stack import ApiStack, Worker, new_stack, wait_http
 from tests.license_support import dev_key
 from tests.service_process import ServiceProcess, free_port
 from tests.speech_data import SPEECH_DIR
@@ -107,6 +111,67 @@ def post_audio(stack: ApiStack, data: bytes, key: str | None = None, **headers: 
         content=data,
         timeout=TIMEOUT,
     )
+
+
+def _stream_session(stack: ApiStack, audio: bytes, on_message: Callable[[dict[str, Any]], None]) -> str:
+    """Stream 16 kHz linear16 audio at 4x real time, then close; the finals' text."""
+    finals: list[str] = []
+    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream"
+    with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                message = json.loads(ws.recv(timeout=120))
+                on_message(message)
+                if message.get("type") == "transcription" and message["is_final"]:
+                    finals.append(message["transcript"])
+                if message.get("is_last") or message.get("type") == "error":
+                    done.set()
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        for start in range(0, len(audio), 4096):
+            ws.send(audio[start : start + 4096])
+            time.sleep(0.032)
+        ws.send(json.dumps({"type": "close_stream"}))
+        receiver.join(180)
+    return " ".join(t.strip() for t in finals if t.strip())
+
+
+def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) -> None:
+    clips = [sf.read(SPEECH_DIR / name, dtype="int16")[0].tobytes() for name in
+             ("jfk.wav", "librivox_0870.wav", "librivox_0880.wav")]  # fmt: skip
+    gap = bytes(2 * 16000 * 2)
+    audio = b"".join(clip + gap for clip in clips)
+    undisturbed = _stream_session(stack, audio, lambda _: None)
+    assert "dashwood" in undisturbed.lower()
+
+    killed: list[Worker] = []
+    errors: list[dict[str, Any]] = []
+
+    def kill_after_first_final(message: dict[str, Any]) -> None:
+        if message.get("type") == "error":
+            errors.append(message)
+        if killed or not (message.get("type") == "transcription" and message["is_final"]):
+            return
+        assert stack.api is not None
+        session = message["session_id"]
+        line = next(line for line in stack.api.lines if session in line and "/v1/listen/stream" in line)
+        request_id = re.search(r"request_id=(req_[0-9a-f]+)", line).group(1)  # type: ignore[union-attr]
+        victim = next(w for w in stack.workers if f"Stream received: {request_id}" in w.proc.log)
+        victim.proc.proc.send_signal(signal.SIGKILL)
+        killed.append(victim)
+
+    disturbed = _stream_session(stack, audio, kill_after_first_final)
+    assert killed, "the stream never produced a final before the end"
+    assert not errors, errors
+    assert disturbed == undisturbed
+    assert stack.api is not None
+    assert "Streaming worker lost; moving the session to another worker" in stack.api.log
+    stack.workers.remove(killed[0])
+    replacement = stack.start_worker()  # the later tests expect two workers
+    stack.wait_worker(replacement)
 
 
 def test_worker_killed_mid_request_is_retried_on_another(stack: ApiStack) -> None:

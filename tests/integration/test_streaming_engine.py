@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from asr_worker.engine.transcriber import WhisperEngine
-from asr_worker.engine.types import StreamOptions, StreamResult
+from asr_worker.engine.types import StreamOptions, StreamResult, StreamSession
+from oyez.errors import InvalidParameter
 from tests.integration.conftest import read_clip
 from tests.speech_data import SpeechClip, corpus_wer
 
@@ -105,3 +107,91 @@ def test_stream_word_timestamps_are_on_the_stream_timeline(
     assert len(words) >= 15
     assert words[0].start >= 2.5, "times count from the start of the stream, not of the utterance"
     assert [w.start for w in words] == sorted(w.start for w in words)
+
+
+def test_vad_events_bracket_each_utterance(
+    tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]
+) -> None:
+    jfk, _ = _clip(speech_clips, "jfk")
+    lead = np.zeros(SR, dtype=np.float32)
+    audio = np.concatenate([lead, jfk, np.zeros(2 * SR, dtype=np.float32)])
+    results = asyncio.run(_stream(tiny_engine, audio, StreamOptions(eou_timeout_ms=800, vad_events=True)))
+    events = [(r.event, r.event_time) for r in results if r.event]
+    names = [name for name, _ in events]
+    assert names[0] == "speech_started" and names.count("speech_started") == names.count("speech_ended")
+    assert all(a != b for a, b in itertools.pairwise(names)), names  # strictly alternating
+    started = events[0][1]
+    assert 0.8 <= started <= 1.6, started  # speech begins after the 1 s of leading silence
+    last_end = events[-1][1]
+    assert 10.0 <= last_end <= 12.5, last_end  # jfk is 11 s long, starting at 1 s
+    first_final = next(i for i, r in enumerate(results) if r.is_final and r.text)
+    first_start = next(i for i, r in enumerate(results) if r.event == "speech_started")
+    assert first_start < first_final
+    assert all(not r.text for r in results if r.event)
+    without = asyncio.run(_stream(tiny_engine, audio, StreamOptions(eou_timeout_ms=800)))
+    assert not any(r.event for r in without)
+
+
+async def _finals(
+    session: StreamSession, audio: np.ndarray, frame: int, *, close: bool = True
+) -> list[StreamResult]:
+    results: list[StreamResult] = []
+    for offset in range(0, audio.size, frame):
+        results += await session.push(audio[offset : offset + frame])
+    results += await session.close()
+    return [r for r in results if r.is_final]
+
+
+def _long_audio(speech_clips: list[SpeechClip]) -> np.ndarray:
+    gap = np.zeros(2 * SR, dtype=np.float32)
+    pieces = [_clip(speech_clips, name)[0] for name in ("jfk", "librivox_0870", "librivox_0880")]
+    return np.concatenate([part for piece in pieces for part in (piece, gap)])
+
+
+def _shape(finals: list[StreamResult]) -> list[tuple[str, float, float]]:
+    return [(r.text, r.start, r.end) for r in finals]
+
+
+def test_finals_do_not_depend_on_how_the_audio_is_framed(
+    tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]
+) -> None:
+    audio = _long_audio(speech_clips)
+    options = StreamOptions(eou_timeout_ms=800)
+    tenths = asyncio.run(_finals(tiny_engine.open_stream(options), audio, SR // 10))
+    odd = asyncio.run(_finals(tiny_engine.open_stream(options), audio, 2731))
+    assert len(tenths) >= 3
+    assert _shape(tenths) == _shape(odd)
+
+
+def test_a_stream_resumed_from_a_checkpoint_gives_the_same_finals(
+    tiny_engine: WhisperEngine, speech_clips: list[SpeechClip]
+) -> None:
+    audio = _long_audio(speech_clips)
+    options = StreamOptions(eou_timeout_ms=800, timestamps=True)
+    reference = asyncio.run(_finals(tiny_engine.open_stream(options), audio, SR // 10))
+
+    async def interrupted() -> list[StreamResult]:
+        first = tiny_engine.open_stream(options)
+        before: list[StreamResult] = []
+        sent = 0
+        while not any(r.text for r in before):  # until the first spoken final
+            before += [r for r in await first.push(audio[sent : sent + SR // 10]) if r.is_final]
+            sent += SR // 10
+        checkpoint = before[-1]
+        assert checkpoint.resume_token and checkpoint.committed_samples <= sent
+        # "the worker dies": a new stream continues from the checkpoint with the audio from the
+        # committed end on, replayed in differently sized pieces
+        second = tiny_engine.open_stream(replace(options, resume_token=checkpoint.resume_token))
+        after = await _finals(second, audio[checkpoint.committed_samples :], 8000)
+        return before + after
+
+    resumed = asyncio.run(interrupted())
+    assert _shape(resumed) == _shape(reference)
+    assert [[(w.word, w.start, w.end) for w in r.words] for r in resumed] == [
+        [(w.word, w.start, w.end) for w in r.words] for r in reference
+    ]
+
+
+def test_a_bad_resume_token_is_refused(tiny_engine: WhisperEngine) -> None:
+    with pytest.raises(InvalidParameter, match="resume_token"):
+        tiny_engine.open_stream(StreamOptions(resume_token=b"not a checkpoint"))

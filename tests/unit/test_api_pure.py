@@ -14,11 +14,11 @@ from api_server.errors import FeatureNotAvailable, NoWorkers, http_error
 from api_server.limits import RateLimited
 from api_server.listen_options import ListenOptions, parse_listen_options
 from api_server.request_body import MAX_FIELD_BYTES, read_json, read_multipart, read_raw
-from api_server.routes_compat import compat_options, utterances
+from api_server.routes_compat import compat_options
 from api_server.settings import ApiConfigError, load_api_settings, worker_address
+from api_server.utterance_shapes import utterances
 from api_server.workers import WorkerView, parse_registry_record, pick_worker
 from oyez.errors import AudioTooLong, FileTooLarge, InvalidParameter, UnsupportedFormat
-from oyez.proto import asr_v1_pb2 as pb
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -118,12 +118,18 @@ def test_bad_options_say_what_to_fix(raw: dict[str, object], message: str) -> No
     assert message in caught.value.message
 
 
-@pytest.mark.parametrize(
-    "raw", [{"diarize": "true"}, {"num_speakers": "2"}, {"language": "auto"}, {"callback_url": "https://x/y"}]
-)
+@pytest.mark.parametrize("raw", [{"diarize": "true"}, {"num_speakers": "2"}, {"language": "auto"}])
 def test_features_not_in_this_release(raw: dict[str, object]) -> None:
     with pytest.raises(FeatureNotAvailable):
         parse_listen_options(raw)
+
+
+def test_callback_url_is_accepted_and_needs_the_callbacks_feature() -> None:
+    parsed = parse_listen_options({"callback_url": "https://x/y"})
+    assert parsed.callback_url == "https://x/y"
+    assert "callbacks" in parsed.features()
+    with pytest.raises(InvalidParameter, match="callback_url must be an http:// or https:// URL"):
+        parse_listen_options({"callback_url": "ftp://x/y"})
 
 
 def test_num_speakers_range_is_checked_first() -> None:
@@ -288,11 +294,11 @@ def test_compat_options() -> None:
 
 def test_utterances_split_on_sentence_end_and_pause() -> None:
     words = [
-        pb.Word(word="Hello", start=0.0, end=0.4),
-        pb.Word(word="there.", start=0.5, end=0.9),
-        pb.Word(word="How", start=1.0, end=1.2),
-        pb.Word(word="are", start=1.3, end=1.5),
-        pb.Word(word="you", start=3.0, end=3.3),
+        {"word": "Hello", "start": 0.0, "end": 0.4},
+        {"word": "there.", "start": 0.5, "end": 0.9},
+        {"word": "How", "start": 1.0, "end": 1.2},
+        {"word": "are", "start": 1.3, "end": 1.5},
+        {"word": "you", "start": 3.0, "end": 3.3},
     ]
     assert utterances(words) == [
         {"text": "Hello there.", "start": 0.0, "end": 0.9},

@@ -1,0 +1,32 @@
+"""Words grouped into utterances (sentences): shared by COMPAT responses and streaming finals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+UTTERANCE_GAP_S = 0.8
+_SENTENCE_END = (".", "?", "!")
+
+
+def utterances(words: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``{"word","start","end"}`` items -> utterances; a new one after a sentence end or a 0.8 s pause."""
+    groups: list[list[Mapping[str, Any]]] = []
+    for word in words:
+        if groups:
+            previous = groups[-1][-1]
+            ended = str(previous["word"]).rstrip().endswith(_SENTENCE_END)
+            if ended or float(word["start"]) - float(previous["end"]) >= UTTERANCE_GAP_S:
+                groups.append([word])
+                continue
+            groups[-1].append(word)
+        else:
+            groups.append([word])
+    return [
+        {
+            "text": " ".join(str(w["word"]).strip() for w in group).strip(),
+            "start": round(float(group[0]["start"]), 3),
+            "end": round(float(group[-1]["end"]), 3),
+        }
+        for group in groups
+    ]
