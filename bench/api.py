@@ -94,7 +94,7 @@ def start_stack(state: Path) -> RunningStack:
         customer="Benchmark",
         now=datetime.now(UTC),
         valid_for=timedelta(days=30),  # oyez up renews keys within 7 days of expiry
-        features=["batch", "timestamps", "punctuation"],
+        features=["batch", "streaming", "timestamps", "punctuation"],
         limits={
             "requests_per_minute": 1_000_000,
             "concurrent_requests": 10_000,

@@ -2,11 +2,12 @@
 directly over gRPC (the baseline), at 1, 10 and 50 concurrent real-time streams.
 
 Every stream plays the same audio at real-time pace in 100 ms frames: 1 s of silence, the JFK clip
-(11 s), 1.5 s of silence, then ``close_stream``. Measured per stream:
+(11 s) and 0.3 s of silence, then ``finalize`` and ``close_stream``. Measured per stream:
 
 - first interim: from sending the first speech frame to the first interim result;
-- end-of-utterance final: from the moment the end is decidable (speech end + ``eou_timeout_ms``)
-  to the first final (net of the configured silence wait, which no server can beat).
+- final after speech ends: from sending ``finalize`` (0.3 s after the last word) to its final,
+  i.e. the server's own delay once the client says the utterance is over (with the default
+  end-of-utterance detection the configured ``eou_timeout_ms`` silence comes on top).
 
 Then the number of real-time streams one worker sustains: the largest concurrency whose p50 final
 latency stays under 1 s. Prints tables and replaces the streaming section of ``bench/RESULTS.md``.
@@ -39,7 +40,6 @@ BEGIN, END = "<!-- bench:stream:begin -->", "<!-- bench:stream:end -->"
 SR = 16000
 FRAME = SR // 10  # 100 ms
 LEAD_S, SPEECH_END_S = 1.0, 1.0 + 11.0  # jfk.wav: speech from ~1.15 s to ~11.3 s after the lead
-EOU_MS = 800
 
 
 @dataclass
@@ -52,7 +52,7 @@ class StreamTimes:
 def audio() -> bytes:
     jfk, _ = sf.read(SPEECH / "jfk.wav", dtype="int16")
     silence = np.zeros(int(LEAD_S * SR), dtype=np.int16)
-    tail = np.zeros(int(1.5 * SR), dtype=np.int16)
+    tail = np.zeros(int(0.3 * SR), dtype=np.int16)
     return np.concatenate([silence, jfk, tail]).astype("<i2").tobytes()
 
 
@@ -69,6 +69,7 @@ def api_session(url: str, key: str) -> Session:
     def run(pcm: bytes, speech_start: float, speech_end: float) -> StreamTimes:
         times = StreamTimes()
         sent_at: dict[int, float] = {}
+        finalize_sent: list[float] = []
         with connect(f"{url}/v1/listen/stream", additional_headers={"Authorization": f"Token {key}"}) as ws:
             done = threading.Event()
 
@@ -84,9 +85,8 @@ def api_session(url: str, key: str) -> Session:
                             continue
                         if not message["is_final"] and times.first_interim is None and message["transcript"]:
                             times.first_interim = now - sent_at[int(speech_start * 10)]
-                        if message["is_final"] and message["transcript"] and times.eou_final is None:
-                            decidable = sent_at.get(int(speech_end * 10), now) + EOU_MS / 1000
-                            times.eou_final = now - decidable
+                        if message.get("from_finalize") and times.eou_final is None:
+                            times.eou_final = now - finalize_sent[0]
                         if message.get("is_last"):
                             return
                 finally:
@@ -99,6 +99,8 @@ def api_session(url: str, key: str) -> Session:
                 ws.send(pcm[offset : offset + 2 * FRAME])
                 sent_at[index] = time.perf_counter()
                 time.sleep(max(0.0, started + (index + 1) * 0.1 - time.perf_counter()))
+            finalize_sent.append(time.perf_counter())
+            ws.send(json.dumps({"type": "finalize"}))
             ws.send(json.dumps({"type": "close_stream"}))
             done.wait(120)
         return times
@@ -113,6 +115,7 @@ def direct_session(address: str) -> Session:
     def run(pcm: bytes, speech_start: float, speech_end: float) -> StreamTimes:
         times = StreamTimes()
         sent_at: dict[int, float] = {}
+        finalize_sent: list[float] = []
 
         def requests() -> Any:
             yield pb.StreamingRequest(
@@ -123,14 +126,16 @@ def direct_session(address: str) -> Session:
                 yield pb.StreamingRequest(audio=pcm[offset : offset + 2 * FRAME])
                 sent_at[index] = time.perf_counter()
                 time.sleep(max(0.0, started + (index + 1) * 0.1 - time.perf_counter()))
+            finalize_sent.append(time.perf_counter())
+            yield pb.StreamingRequest(finalize=True)
             yield pb.StreamingRequest(close=True)
 
         for response in stub.StreamingRecognize(requests(), timeout=300):
             now = time.perf_counter()
             if not response.is_final and times.first_interim is None and response.transcript:
                 times.first_interim = now - sent_at[int(speech_start * 10)]
-            if response.is_final and response.transcript and times.eou_final is None:
-                times.eou_final = now - (sent_at.get(int(speech_end * 10), now) + EOU_MS / 1000)
+            if response.from_finalize and times.eou_final is None:
+                times.eou_final = now - finalize_sent[0]
         return times
 
     return run
@@ -188,13 +193,13 @@ def write_section(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Streaming latency through the API vs the worker directly")
-    parser.add_argument("--concurrency", default="1,10,50")
+    parser.add_argument("--concurrency", default="1,2,4,10,50")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     pcm = audio()
     lines = [
-        "| path | streams | first interim p50 ms | p95 | final after EOU p50 ms | p95 | failed |",
+        "| path | streams | first interim p50 ms | p95 | final after finalize p50 ms | p95 | failed |",
         "|---|---|---|---|---|---|---|",
     ]
     sustained = 0
@@ -219,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     report = (
         f"## Streaming latency (`python -m bench.stream`, {when})\n\n"
         "One tiny.en fp32 worker behind the API on this 2-vCPU machine; every stream plays JFK (11 s) "
-        f"at real-time pace in 100 ms frames; `eou_timeout_ms` = {EOU_MS}. First interim: from the first "
-        "speech frame sent. Final: from when the end of the utterance is decidable (last speech frame + "
-        "the EOU silence), i.e. the server's own delay.\n\n" + "\n".join(lines) + "\n\n"
+        f"at real-time pace in 100 ms frames; First interim: from the first "
+        "speech frame sent. Final: from sending `finalize` 0.3 s after the last word to the final it "
+        "produces (the server's own delay).\n\n" + "\n".join(lines) + "\n\n"
         f"Highest tested concurrency with p50 final latency ≤ 1 s: **{sustained}** real-time streams.\n"
     )
     print(report)
