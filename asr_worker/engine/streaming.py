@@ -1,7 +1,8 @@
 """Live recognition over incremental audio: interims while speaking, finals at end of utterance.
 
 Audio since the last final is the *pending utterance*. Every ``interim_interval_ms`` of new audio
-containing speech, the pending utterance is decoded and sent as an interim. When VAD hears silence
+containing speech (longer when interims get expensive: at least twice the last interim's decode
+time), the pending utterance is decoded and sent as an interim. When VAD hears silence
 for ``eou_timeout_ms`` after speech, on ``finalize``, on ``close`` or when the pending audio nears
 the 30 s window, it is decoded one last time and sent as a final; that text is committed and never
 sent again. Decoding goes through the engine's batcher, so streams and files share batches.
@@ -9,6 +10,7 @@ sent again. Decoding goes through the engine's batcher, so streams and files sha
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,7 @@ SAMPLE_RATE = 16000
 MAX_PENDING_SAMPLES = 28 * SAMPLE_RATE
 IDLE_KEEP_SAMPLES = SAMPLE_RATE // 2  # silence kept before speech starts, so onsets are not clipped
 TAIL_PAD_SAMPLES = SAMPLE_RATE // 5
+INTERIM_BUDGET_FACTOR = 2  # audio seconds between interims >= this x the last interim's decode time
 
 
 class WhisperStream:
@@ -40,6 +43,7 @@ class WhisperStream:
         self._vad_config: VadConfig = engine.vad_config
         self._eou_samples = options.eou_timeout_ms * SAMPLE_RATE // 1000
         self._interim_samples = options.interim_interval_ms * SAMPLE_RATE // 1000
+        self._interim_gap = self._interim_samples  # grows when interims get expensive (see push)
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_start = 0  # samples since stream start
         self._speech_seen = False
@@ -95,9 +99,15 @@ class WhisperStream:
                 out.append(await self._commit(speech_end, from_finalize=False, is_last=False))
             elif judged >= MAX_PENDING_SAMPLES:
                 out.append(await self._commit(judged, from_finalize=False, is_last=False))
-        if self._speech_seen and self._since_interim >= self._interim_samples:
+        if self._speech_seen and self._since_interim >= self._interim_gap:
             self._since_interim = 0
+            started = time.perf_counter()
             interim = await self._decode(self._pending, is_final=False)
+            # Interims re-decode the whole pending utterance. When one takes long (a long utterance,
+            # a busy worker), wait for more audio before the next: interims may use at most about
+            # half of real time, so finals (which change no state here) are not queued behind them.
+            spent = int((time.perf_counter() - started) * INTERIM_BUDGET_FACTOR * SAMPLE_RATE)
+            self._interim_gap = max(self._interim_samples, spent)
             if interim.text:
                 out.append(interim)
         return out
