@@ -262,12 +262,13 @@ def throughput_table(rows: list[tuple[int, int, float, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the part of RESULTS.md between ``begin`` and ``end`` (append it the first time)."""
     current = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text.strip()}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    block = f"{begin}\n{text.strip()}\n{end}"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         current = f"{head}{block}{tail}"
     else:
         current = f"{current.rstrip()}\n\n{block}\n"

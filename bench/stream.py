@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from websockets.sync.client import connect
 
-from bench.api import RESULTS, SPEECH, start_stack, stop_stack
+from bench.api import SPEECH, start_stack, stop_stack, write_section
 from oyez.proto import asr_v1_pb2 as pb
 from oyez.proto import asr_v1_pb2_grpc as pb_grpc
 
@@ -182,17 +182,6 @@ def row(path: str, concurrency: int, results: list[StreamTimes]) -> tuple[str, f
     )
 
 
-def write_section(text: str) -> None:
-    current = RESULTS.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text.strip()}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = f"{head}{block}{rest.split(END, 1)[1]}"
-    else:
-        current = f"{current.rstrip()}\n\n{block}\n"
-    RESULTS.write_text(current, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Streaming latency through the API vs the worker directly")
     parser.add_argument("--concurrency", default="1,2,4,10,50")
@@ -234,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report)
     if not args.no_write:
-        write_section(report)
+        write_section(report, BEGIN, END)
     return 0
 
 

@@ -7,16 +7,22 @@ module; tests that kill a part start their own extra processes.
 
 from __future__ import annotations
 
+import io
+import re
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
+import redis
+import soundfile as sf
 
 from license_proxy.keys import TrustPolicy, verify_signature
 from tests.license_support import dev_key
 from tests.service_process import ServiceProcess, free_port
+from tests.speech_data import SPEECH_DIR
 
 START_TIMEOUT_S = 180.0
 # Generous limits so contract tests are not throttled; the limit tests issue their own keys.
@@ -166,3 +172,36 @@ def new_stack(tmp: Path, bundle: Path, redis_url: str) -> ApiStack:
     key = dev_key(days=30, limits=ROOMY_LIMITS, features=ALL_FEATURES)
     terms = verify_signature(key, TrustPolicy.from_config([], production=False))
     return ApiStack(tmp=tmp, bundle=bundle, redis_url=redis_url, key=key, license_id=terms.license_id)
+
+
+def normalise(text: str) -> str:
+    """Lower case, letters and spaces only: for comparing transcripts."""
+    return re.sub(r"[^a-z ]", "", text.lower()).strip()
+
+
+def clear_limits(redis_url: str, license_id: str) -> None:
+    """Forget a license's limit counters (tests that exercise limits start from zero)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(f"oyez:limits:{{{license_id}}}:*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def long_speech_wav(seconds: float) -> bytes:
+    """Real speech clips one after another with 0.5 s pauses (cycled): a long 16 kHz WAV."""
+    pieces: list[np.ndarray] = []
+    total = 0.0
+    clips = sorted(SPEECH_DIR.glob("*.wav"))
+    while total < seconds:
+        for path in clips:
+            samples, rate = sf.read(path, dtype="float32")
+            assert rate == 16000
+            pieces += [samples, np.zeros(8000, dtype=np.float32)]
+            total += len(samples) / rate + 0.5
+            if total >= seconds:
+                break
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(pieces), 16000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

@@ -16,14 +16,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
 import schemathesis
 import soundfile as sf
 import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
-from tests.integration.api_stack import ApiStack
+from tests.integration.api_stack import ApiStack, clear_limits, normalise
 from tests.license_support import dev_key
 from tests.speech_data import SPEECH_DIR
 from tests.unit.test_audio import encode_av, wav_header
@@ -31,10 +30,6 @@ from tests.unit.test_audio import encode_av, wav_header
 JFK = (SPEECH_DIR / "jfk.wav").read_bytes()
 JFK_WORDS = "ask not what your country can do for you"
 TIMEOUT = 120.0
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"[^a-z ]", "", text.lower())
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +395,7 @@ def test_request_id_is_propagated_to_worker(client: httpx.Client, stack: ApiStac
 
 
 def test_rate_limit_429_with_retry_after(client: httpx.Client, stack: ApiStack, redis_server: str) -> None:
-    _clear_limits(redis_server, stack.license_id)
+    clear_limits(redis_server, stack.license_id)
     limited = stack.issue_key(requests_per_minute=2)
     headers = {**stack.auth(limited), "Content-Type": "audio/wav"}
     try:
@@ -411,7 +406,7 @@ def test_rate_limit_429_with_retry_after(client: httpx.Client, stack: ApiStack, 
         assert 1 <= int(body["retry_after"]) <= 60
         assert refused.headers["Retry-After"] == str(body["retry_after"])
     finally:
-        _clear_limits(redis_server, stack.license_id)
+        clear_limits(redis_server, stack.license_id)
 
 
 def test_usage_events_reach_the_license_server(client: httpx.Client, stack: ApiStack) -> None:
@@ -527,15 +522,6 @@ def _wav(samples: np.ndarray, rate: int) -> bytes:
 def _usage_count(db: Path) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM usage_events").fetchone()[0])
-
-
-def _clear_limits(redis_url: str, license_id: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(f"oyez:limits:{{{license_id}}}:*"):
-            client.delete(key)
-    finally:
-        client.close()
 
 
 class _FileServer(http.server.ThreadingHTTPServer):

@@ -3,7 +3,6 @@ proxy down, Redis restarted, every worker busy (queue full, queue timeout), and 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import signal
@@ -16,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import soundfile as sf
 from websockets.sync.client import connect
 
 from tests.conftest import _redis_server_binary, _wait_for_port
-from tests.integration.api_stack import ApiStack, Worker, new_stack, wait_http
+from tests.integration.api_stack import ApiStack, Worker, long_speech_wav, new_stack, wait_http
 from tests.license_support import dev_key
 from tests.service_process import ServiceProcess, free_port
 from tests.speech_data import SPEECH_DIR
@@ -57,25 +55,7 @@ class RedisServer:
             self.proc.wait()
 
 
-def long_clip(seconds: float = 45.0) -> bytes:
-    """Real speech clips, one after another, with short pauses: a long request to kill mid-way."""
-    pieces: list[np.ndarray] = []
-    total = 0.0
-    clips = sorted(SPEECH_DIR.glob("*.wav"))
-    while total < seconds:
-        for path in clips:
-            samples, rate = sf.read(path, dtype="float32")
-            assert rate == 16000
-            pieces += [samples, np.zeros(8000, dtype=np.float32)]
-            total += len(samples) / rate + 0.5
-            if total >= seconds:
-                break
-    buffer = io.BytesIO()
-    sf.write(buffer, np.concatenate(pieces), 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-LONG = long_clip()
+LONG = long_speech_wav(45.0)
 JFK = (SPEECH_DIR / "jfk.wav").read_bytes()
 
 

@@ -8,7 +8,6 @@ receiver must get exactly one webhook per job.
 from __future__ import annotations
 
 import http.server
-import io
 import itertools
 import json
 import re
@@ -21,15 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import redis
-import soundfile as sf
 
 from api_server.job_store import JOB_GROUP, JOB_STREAM
 from api_server.jobs import Job, new_job_id
 from api_server.webhooks import ATTEMPT_HEADER, JOB_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from tests.integration.api_stack import ApiStack, new_stack, wait_http
+from tests.integration.api_stack import ApiStack, long_speech_wav, new_stack, normalise, wait_http
 from tests.license_support import dev_key
 from tests.service_process import ServiceProcess, free_port
 from tests.speech_data import SPEECH_DIR
@@ -46,26 +43,6 @@ JOB_ENV = {
 }
 TIMEOUT = 120.0
 REDIS_DB = 5
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"[^a-z ]", "", text.lower())
-
-
-def long_clip(seconds: float = 30.0) -> bytes:
-    """Real speech clips one after another: a job long enough to kill a replica during."""
-    pieces: list[np.ndarray] = []
-    total = 0.0
-    for path in sorted(SPEECH_DIR.glob("*.wav")):
-        samples, rate = sf.read(path, dtype="float32")
-        assert rate == 16000
-        pieces += [samples, np.zeros(8000, dtype=np.float32)]
-        total += len(samples) / rate + 0.5
-        if total >= seconds:
-            break
-    buffer = io.BytesIO()
-    sf.write(buffer, np.concatenate(pieces), 16000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 # --- the webhook receiver -------------------------------------------------------------------------
@@ -450,7 +427,7 @@ def test_replica_killed_with_jobs_pending_every_job_completes_once(
     replicas: Replicas, receiver: Receiver
 ) -> None:
     stack = replicas.stack
-    clip = long_clip(30.0)
+    clip = long_speech_wav(30.0)
     job_ids = [
         accepted(submit(replicas.a_url, stack, f"{receiver.url}/ok/crash", audio=clip)) for _ in range(6)
     ]

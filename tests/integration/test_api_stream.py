@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis
 import soundfile as sf
 import soxr
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.integration.api_stack import ApiStack
+from tests.integration.api_stack import ApiStack, clear_limits, normalise
 from tests.speech_data import SPEECH_DIR
 
 SR = 16000
@@ -42,10 +41,6 @@ def lin2ulaw(pcm: np.ndarray) -> bytes:
     exponent = np.clip(np.floor(np.log2(magnitude)).astype(np.int32) - 7, 0, 7)
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
     return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
-
-
-def normalise(text: str) -> str:
-    return re.sub(r"[^a-z ]", "", text.lower()).strip()
 
 
 def ws_url(stack: ApiStack, **params: str) -> str:
@@ -215,7 +210,7 @@ def test_unknown_control_message_is_an_error(api_stack: ApiStack) -> None:
 
 
 def test_rate_limited_stream_is_closed_with_1008(api_stack: ApiStack, redis_server: str) -> None:
-    _clear_limits(redis_server, api_stack.license_id)
+    clear_limits(redis_server, api_stack.license_id)
     one_at_a_time = api_stack.issue_key(concurrent_requests=1)
     try:
         with open_stream(api_stack, key=one_at_a_time) as first:
@@ -230,16 +225,7 @@ def test_rate_limited_stream_is_closed_with_1008(api_stack: ApiStack, redis_serv
         assert message["type"] == "error" and message["code"] == "RATE_LIMIT_EXCEEDED"
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
     finally:
-        _clear_limits(redis_server, api_stack.license_id)
-
-
-def _clear_limits(redis_url: str, license_id: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(f"oyez:limits:{{{license_id}}}:*"):
-            client.delete(key)
-    finally:
-        client.close()
+        clear_limits(redis_server, api_stack.license_id)
 
 
 def test_cli_streams_a_file_and_prints_finals(api_stack: ApiStack) -> None:
