@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -118,15 +119,25 @@ async def _send_error(websocket: WebSocket, session_id: str, message: str, code:
         await websocket.close(code=close, reason=message[:120])
 
 
-async def _pump_client(websocket: WebSocket, bridge: StreamBridge, idle_s: float) -> str | None:
-    """Client frames into the bridge until ``close_stream``; returns an error to report, if any."""
+@dataclass(frozen=True)
+class _ClientProblem:
+    """Why the client side of a session ends early: the error code, close code and message."""
+
+    code: str
+    close: int
+    message: str
+
+
+async def _pump_client(websocket: WebSocket, bridge: StreamBridge, idle_s: float) -> _ClientProblem | None:
+    """Client frames into the bridge until ``close_stream``; returns a problem to report, if any."""
     while True:
         try:
             message = await asyncio.wait_for(websocket.receive(), timeout=idle_s)
         except TimeoutError:
             if bridge.owes_results:
                 continue  # the client is waiting for a finalize result, not idle
-            return f"no audio or KeepAlive for {idle_s:g} s; closing the idle stream"
+            reason = f"no audio or KeepAlive for {idle_s:g} s; closing the idle stream"
+            return _ClientProblem("STREAM_IDLE", CLOSE_POLICY, reason)
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         if message.get("bytes") is not None:
@@ -146,10 +157,11 @@ async def _pump_client(websocket: WebSocket, bridge: StreamBridge, idle_s: float
             await bridge.close()
             return None
         else:
-            return (
+            reason = (
                 f"unknown control message {text[:80]!r}; send binary audio frames or JSON "
                 '{"type": "finalize" | "close_stream" | "KeepAlive"}'
             )
+            return _ClientProblem("INVALID_MESSAGE", CLOSE_UNSUPPORTED, reason)
 
 
 @router.websocket("/v1/listen/stream")
@@ -230,30 +242,16 @@ async def _run_session(
     state.metrics.active_streams.inc()
     worker_task = asyncio.create_task(bridge.run())
     client_task = asyncio.create_task(_pump_client(websocket, bridge, state.settings.stream_idle_timeout_s))
-    queued = True
+    slot_task = asyncio.create_task(bridge.connected.wait())
+    slot_task.add_done_callback(lambda _: state.metrics.stream_queue_depth.dec())
     try:
-        while not worker_task.done():
-            if queued and bridge.worker is not None:
-                queued = False
-                state.metrics.stream_queue_depth.dec()
-            done, _ = await asyncio.wait(
-                {worker_task, client_task}, timeout=0.05, return_when="FIRST_COMPLETED"
-            )
-            if client_task in done:
-                problem = client_task.result()
-                if problem is not None:
-                    await _send_error(
-                        websocket,
-                        session_id,
-                        problem,
-                        "STREAM_IDLE" if "idle" in problem else "INVALID_MESSAGE",
-                        CLOSE_POLICY if "idle" in problem else CLOSE_UNSUPPORTED,
-                    )
-                    worker_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await worker_task
-                    return bridge
-                client_task = asyncio.create_task(asyncio.sleep(3600))  # done reading; wait for the worker
+        await asyncio.wait({worker_task, client_task}, return_when=asyncio.FIRST_COMPLETED)
+        if client_task.done() and not worker_task.done():
+            problem = client_task.result()  # re-raises WebSocketDisconnect
+            if problem is not None:
+                await _send_error(websocket, session_id, problem.message, problem.code, problem.close)
+                return bridge
+            await asyncio.wait({worker_task})  # the client said close_stream: wait for the last result
         try:
             worker_task.result()
         except StreamRefused as exc:
@@ -272,11 +270,9 @@ async def _run_session(
             await websocket.close(code=CLOSE_NORMAL)
         return bridge
     finally:
-        if queued:
-            state.metrics.stream_queue_depth.dec()
         state.metrics.active_streams.dec()
         state.metrics.stream_failovers.inc(bridge.failovers)
-        for task in (client_task, worker_task):
+        for task in (client_task, worker_task, slot_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception, WebSocketDisconnect):
                 await task

@@ -95,13 +95,14 @@ class StreamBridge:
         self._finals: list[str] = []
         self.failovers = 0
         self.worker: WorkerView | None = None
-        self.closed_by_client = False
+        self.connected = asyncio.Event()  # set once the session holds its first worker slot
+        self._controls_queued = 0  # finalize/close accepted from the client, not yet sent to a worker
 
     # --- the client side --------------------------------------------------------------------------
     @property
     def owes_results(self) -> bool:
         """A ``finalize`` or ``close`` is still unanswered: the client is waiting on us, not idle."""
-        return bool(self._unanswered) or any(kind != "audio" for kind, _, _ in list(self._queue._queue))  # type: ignore[attr-defined]
+        return bool(self._unanswered) or self._controls_queued > 0
 
     @property
     def audio_seconds(self) -> float:
@@ -116,10 +117,11 @@ class StreamBridge:
         await self._queue.put(("audio", self._received, data))
 
     async def finalize(self) -> None:
+        self._controls_queued += 1
         await self._queue.put(("finalize", self._received, b""))
 
     async def close(self) -> None:
-        self.closed_by_client = True
+        self._controls_queued += 1
         await self._queue.put(("close", self._received, b""))
 
     # --- the worker side --------------------------------------------------------------------------
@@ -128,6 +130,7 @@ class StreamBridge:
         (the worker refused the stream) or :class:`WorkerLost` (too many workers lost)."""
         exclude: set[str] = set()
         worker = await self._dispatcher.acquire(self._params.language, self._request_id)
+        self.connected.set()
         replay = False
         try:
             while True:
@@ -229,6 +232,8 @@ class StreamBridge:
         try:
             while True:
                 kind, end, data = await self._queue.get()
+                if kind != "audio":
+                    self._controls_queued -= 1
                 if kind == "audio":
                     self._sent_until = end  # in the store already: a replay covers it if this fails
                     await call.write(pb.StreamingRequest(audio=data))

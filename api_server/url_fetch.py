@@ -343,7 +343,7 @@ async def _request(target: _Target, policy: FetchPolicy) -> bytes | httpx.URL:
     """GET ``target``: its body, or the absolute URL it redirects to."""
     async with _client(policy) as client:
         try:
-            response = await _send(client, target)
+            response = await send_pinned(client, "GET", target, _REQUEST_HEADERS, stream=True)
         except httpx.TimeoutException as exc:
             raise UrlFetchFailed(f"the audio URL {_redact(target.url)} timed out: {exc}") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -356,18 +356,28 @@ async def _request(target: _Target, policy: FetchPolicy) -> bytes | httpx.URL:
             await response.aclose()
 
 
-async def _send(client: httpx.AsyncClient, target: _Target) -> httpx.Response:
-    """Send the GET to each checked address in turn until one accepts the connection."""
+async def send_pinned(
+    client: httpx.AsyncClient,
+    method: str,
+    target: CheckedUrl,
+    headers: dict[str, str],
+    *,
+    content: bytes | None = None,
+    stream: bool = False,
+) -> httpx.Response:
+    """Send to each checked address in turn until one accepts the connection, never resolving the
+    name again (no DNS rebinding); the real name goes in ``Host`` and, for https, SNI."""
     last: httpx.ConnectError | None = None
     for address in target.addresses:
         request = client.build_request(
-            "GET",
+            method,
             target.url.copy_with(host=address),
-            headers={**_REQUEST_HEADERS, "Host": target.url.netloc.decode("ascii")},
+            headers={**headers, "Host": target.url.netloc.decode("ascii")},
+            content=content,
             extensions={"sni_hostname": target.host},
         )
         try:
-            return await client.send(request, stream=True)
+            return await client.send(request, stream=stream)
         except httpx.ConnectError as exc:
             last = exc
     assert last is not None  # addresses is never empty

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from api_server.url_fetch import CheckedUrl, FetchPolicy, UrlFetchFailed, check_http_url
+from api_server.url_fetch import CheckedUrl, FetchPolicy, UrlFetchFailed, check_http_url, send_pinned
 from oyez import __version__
 from oyez.errors import InvalidParameter
 
@@ -166,20 +166,5 @@ class WebhookSender:
         the name again); the real name goes in ``Host`` and, for https, SNI."""
         timeout = httpx.Timeout(self._timeout_s)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            last: httpx.ConnectError | None = None
-            for address in target.addresses:
-                request = client.build_request(
-                    "POST",
-                    target.url.copy_with(host=address),
-                    headers={**headers, "Host": target.url.netloc.decode("ascii")},
-                    content=body,
-                    extensions={"sni_hostname": target.host},
-                )
-                try:
-                    response = await client.send(request)
-                except httpx.ConnectError as exc:
-                    last = exc
-                    continue
-                return response.status_code
-            assert last is not None  # addresses is never empty
-            raise last
+            response = await send_pinned(client, "POST", target, headers, content=body)
+            return response.status_code
