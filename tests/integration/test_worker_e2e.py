@@ -147,6 +147,9 @@ def _upload(path: Path, request_id: str, **options: object) -> Iterator[pb.Trans
 
 
 def test_startup_logs_the_documented_lines(worker: WorkerProcess) -> None:
+    # /health turns 200 when the engine is ready; the worker registers in Redis and only then logs
+    # "Server ready", so the line may still be on its way through the pipe.
+    worker.wait_for_line(f"INFO: Server ready on port {worker.grpc_port}")
     log = worker.log
     assert "INFO: No GPU detected, running on CPU:" in log  # the CPU twin of "GPU detected: <name> (<N>GB)"
     assert "INFO: Model loaded successfully (whisper-tiny.en fp32," in log
