@@ -38,6 +38,21 @@ def model_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_fetch(args: argparse.Namespace) -> int:
+    """Download and verify every MODEL_URL checkpoint into the cache, then exit (the prefetch Job)."""
+    from .model.resolve import resolve_reference
+    from .service.settings import load_worker_settings
+
+    settings = load_worker_settings()
+    digests = settings.model_sha256 or [None] * len(settings.model_url)
+    for url, digest in zip(settings.model_url, digests, strict=True):
+        bundle = resolve_reference(
+            url, cache_dir=settings.model_cache_dir, expected_sha256=digest or None, progress=False
+        )
+        print(f"OK {bundle}")
+    return 0
+
+
 def worker_serve(args: argparse.Namespace) -> int:
     from .bootstrap import engine_from_settings
     from .service.app import run_worker

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = model_cmds.add_parser("verify", help="check a bundle's files against its manifest")
     verify.add_argument("bundle")
     verify.set_defaults(handler=_lazy("asr_worker.cli", "model_verify"))
+    fetch = model_cmds.add_parser(
+        "fetch", help="download and verify MODEL_URL into MODEL_CACHE_DIR, then exit (the prefetch Job)"
+    )
+    fetch.set_defaults(handler=_lazy("asr_worker.cli", "model_fetch"))
 
     worker = commands.add_parser(
         "worker", help="run the ASR worker (gRPC :2233, HTTP :9090), configured from the environment"
@@ -69,7 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.set_defaults(handler=_lazy("asr_worker.cli", "worker_transcribe"))
     _add_license_commands(commands)
     _add_api_commands(commands)
+    _add_operator_command(commands)
     return parser
+
+
+def _add_operator_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    operator = commands.add_parser(
+        "operator", help="run the SpeechDeployment operator (or print its CRD / RBAC rules)"
+    )
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
+    )
+    operator.add_argument(
+        "--liveness-port", type=int, help="GET /healthz port (default $OYEZ_OPERATOR_LIVENESS_PORT, 8080)"
+    )
+    operator.add_argument("--print-crd", action="store_true", help="print the CRD YAML and exit")
+    operator.add_argument(
+        "--print-rbac", action="store_true", help="print the operator's RBAC rules and exit"
+    )
+    operator.set_defaults(handler=_lazy("oyez_operator.cli", "operator_main"))
 
 
 def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
