@@ -47,7 +47,13 @@ class _Connection:
             await old.close()
 
 
-CONNECTION = _Connection()
+def _connection(memo: Any) -> _Connection:
+    """Per operator run (kopf's memo), never module-global: each run has its own loop and login."""
+    connection = getattr(memo, "oyez", None)
+    if connection is None:
+        connection = _Connection()
+        memo.oyez = connection
+    return connection
 
 
 @kopf.on.startup()
@@ -65,7 +71,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-async def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(logger: kopf.Logger, memo: Any, **kwargs: Any) -> kopf.ConnectionInfo | None:
     kube_api_url = load_operator_settings().kube_api_url  # read now: tests point each run elsewhere
     if kube_api_url:
         info: kopf.ConnectionInfo | None = kopf.ConnectionInfo(server=kube_api_url)
@@ -74,22 +80,24 @@ async def login(logger: kopf.Logger, **kwargs: Any) -> kopf.ConnectionInfo | Non
             logger=logger, **kwargs
         )
     if info is not None:
-        await CONNECTION.relogin(info)
+        await _connection(memo).relogin(info)
     return info
 
 
 @kopf.on.cleanup()
-async def close(**_: Any) -> None:
-    if CONNECTION.client is not None:
-        await CONNECTION.client.close()
+async def close(memo: Any, **_: Any) -> None:
+    client = _connection(memo).client
+    if client is not None:
+        await client.close()
 
 
-async def _reconcile(body: kopf.Body, logger: kopf.Logger) -> None:
+async def _reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger) -> None:
+    connection = _connection(memo)
     uid = body.get("metadata", {}).get("uid") or body.get("metadata", {}).get("name", "")
-    lock = CONNECTION.locks.setdefault(uid, asyncio.Lock())
+    lock = connection.locks.setdefault(uid, asyncio.Lock())
     async with lock:
         try:
-            outcome = await CONNECTION.reconciler_for().reconcile(body)
+            outcome = await connection.reconciler_for().reconcile(body)
         except KubeError as error:
             delay = 5 if error.status == 409 else 15 if error.status >= 500 or error.status == 429 else 60
             kopf.warn(body, reason="ApiError", message=str(error))
@@ -104,8 +112,8 @@ async def _reconcile(body: kopf.Body, logger: kopf.Logger) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def reconcile_on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    await _reconcile(body, logger)
+async def reconcile_on_change(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    await _reconcile(body, memo, logger)
 
 
 @kopf.timer(
@@ -115,15 +123,15 @@ async def reconcile_on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) ->
     interval=SETTINGS.reconcile_interval_s,
     initial_delay=SETTINGS.reconcile_initial_delay_s,
 )
-async def reconcile_periodically(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+async def reconcile_periodically(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Follow actual state: restore children edited or deleted by hand, track rollouts and Jobs."""
-    await _reconcile(body, logger)
+    await _reconcile(body, memo, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def on_delete(body: kopf.Body, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
+async def on_delete(body: kopf.Body, spec: kopf.Spec, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     name = body["metadata"]["name"]
-    CONNECTION.locks.pop(body.get("metadata", {}).get("uid", ""), None)
+    _connection(memo).locks.pop(body.get("metadata", {}).get("uid", ""), None)
     cache = (spec.get("model") or {}).get("cache") or {}
     if cache.get("existingClaim"):
         kept = f"the model cache claim {cache['existingClaim']} is yours and stays"
@@ -131,4 +139,6 @@ async def on_delete(body: kopf.Body, spec: kopf.Spec, logger: kopf.Logger, **_: 
         kept = f"the model cache PVC {name}-model-cache is kept (spec.model.cache.retainOnDelete)"
     else:
         kept = "the model cache PVC goes with them"
-    logger.info(f"Deleting {name}: its children go by ownerReferences; {kept}")
+    message = f"Deleting {name}: its children go by ownerReferences; {kept}"
+    logger.info(message)
+    kopf.event(body, type="Normal", reason="Deleting", message=message)

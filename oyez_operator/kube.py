@@ -107,6 +107,8 @@ class KubeClient:
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
     ) -> Any:
+        if self._session.closed:
+            raise aiohttp.ClientConnectionError("the operator is shutting down (client closed)")
         url = self.server + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if body is not None else {}

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from . import catalog
 from .apply import apply_all, prune
 from .crd_model import MAX_NAME_LENGTH, SpeechDeploymentSpec, describe_errors, parse_spec
-from .kube import KubeClient
+from .kube import KubeClient, KubeError
 from .planning import NodeFacts, Plan, make_plan, node_tier
 from .render import Desired, render_all
 from .render_common import RenderContext, default_images, service_url
@@ -149,7 +149,15 @@ class Reconciler:
         crd = await self.client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, name)
         return crd is not None
 
-    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+    async def reconcile(self, event_body: Mapping[str, Any]) -> Outcome:
+        """Reconcile the CR as it is now (re-read: the handler's copy may predate our last status)."""
+        event_meta = event_body.get("metadata", {})
+        fresh = await self.client.get(
+            "oyez.dev/v1alpha1", "SpeechDeployment", event_meta["namespace"], event_meta["name"]
+        )
+        if fresh is None or fresh.get("metadata", {}).get("deletionTimestamp"):
+            return Outcome("Deleting")
+        body: Mapping[str, Any] = fresh
         meta = body.get("metadata", {})
         name, namespace, uid = meta["name"], meta["namespace"], meta.get("uid", "")
         generation = int(meta.get("generation") or 0)
@@ -278,9 +286,14 @@ class Reconciler:
         events: list[tuple[str, str, str]],
     ) -> Outcome:
         if _comparable(previous) != _comparable(status):
-            await self.client.merge_patch(
-                "oyez.dev/v1alpha1", "SpeechDeployment", namespace, name, {"status": status}, status=True
-            )
+            try:
+                await self.client.merge_patch(
+                    "oyez.dev/v1alpha1", "SpeechDeployment", namespace, name, {"status": status}, status=True
+                )
+            except KubeError as error:
+                if error.status != 404:
+                    raise
+                return Outcome("Deleted")  # deleted while we reconciled: nothing to report
         # A Warning repeats only when its message changed, so a broken spec is no event storm.
         fresh = [
             event

@@ -35,7 +35,13 @@ def speech_deployment(name: str = "demo", uid: str = "uid-demo", **spec: Any) ->
     return {
         "apiVersion": "oyez.dev/v1alpha1",
         "kind": "SpeechDeployment",
-        "metadata": {"name": name, "namespace": NAMESPACE, "uid": uid, "generation": 1},
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": uid,
+            "generation": 1,
+            "resourceVersion": "1",
+        },
         "spec": body_spec,
     }
 
