@@ -22,6 +22,7 @@ from pathlib import Path
 from .cpu import CpuMeter, wait_for_quiet
 from .report import BUSY_SHARE, derived_comparisons, make_rows, observations, results_table, write_results
 from .runners import (
+    WORKER_BATCH_CAP,
     DirectRunner,
     FasterWhisperRunner,
     Runner,
@@ -52,6 +53,8 @@ class Plan:
     json_out: Path | None
     retries: int
     direct_intra_op: int
+    require_gpu: bool = False
+    batch_cap: int = WORKER_BATCH_CAP
 
 
 def _csv(value: str) -> list[str]:
@@ -82,6 +85,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         default=0,
         help="ORT intra_op_num_threads of the direct runner (default 0: the runtime default)",
     )
+    parser.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help="worker: OYEZ_REQUIRE_GPU=true; direct runner: require_gpu (CUDA or fail, no CPU fallback)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=WORKER_BATCH_CAP,
+        help=f"cap of the worker's OYEZ_MAX_BATCH_SIZE (min(cap, c); default {WORKER_BATCH_CAP})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also dump every request's outcome here")
     args = parser.parse_args(argv)
     models, precisions = _csv(args.models), _csv(args.precisions)
@@ -104,24 +118,35 @@ def parse_args(argv: Sequence[str] | None = None) -> Plan:
         args.json,
         max(0, args.retries),
         max(0, args.direct_intra_op),
+        args.require_gpu,
+        max(1, args.max_batch),
     )
 
 
+def _peer_versions() -> str:
+    try:
+        import ctranslate2
+        import faster_whisper
+    except ImportError:
+        return "not installed (faster-whisper runner unavailable)"
+    return f"{ctranslate2.__version__} / {faster_whisper.__version__}"
+
+
 def machine_facts() -> list[tuple[str, str]]:
-    import ctranslate2
-    import faster_whisper
     import onnxruntime
 
-    from asr_worker.engine.onnx_model import describe_cpu
+    from asr_worker.engine.onnx_model import CUDA, describe_cpu, describe_gpu
 
     omp = os.environ.get("OMP_NUM_THREADS", "unset")
-    providers = ", ".join(onnxruntime.get_available_providers())
+    available = onnxruntime.get_available_providers()
+    providers = ", ".join(available)
+    gpu = describe_gpu(int(os.environ.get("GPU_DEVICE_ID", "0"))) if CUDA in available else "no GPU"
     return [
         ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
-        ("CPU", f"{describe_cpu()}; no GPU"),
+        ("CPU", f"{describe_cpu()}; {gpu}"),
         ("Python", platform.python_version()),
         ("onnxruntime", f"{onnxruntime.__version__} (providers: {providers})"),
-        ("ctranslate2 / faster-whisper", f"{ctranslate2.__version__} / {faster_whisper.__version__}"),
+        ("ctranslate2 / faster-whisper", _peer_versions()),
         (
             "ORT threads",
             "intra_op_num_threads=0 (runtime default: one thread per physical core), same in the worker "
@@ -143,9 +168,9 @@ def _load_runners(
     runners: list[Runner] = []
     for name in names:
         if name == "worker":
-            runners.append(WorkerRunner(bundle, plan.cache_dir))
+            runners.append(WorkerRunner(bundle, plan.cache_dir, plan.require_gpu, plan.batch_cap))
         elif name == "direct":
-            runners.append(DirectRunner(bundle, plan.direct_intra_op))
+            runners.append(DirectRunner(bundle, plan.direct_intra_op, plan.require_gpu))
         else:
             runners.append(FasterWhisperRunner(ct2_dir, precision))
     return runners
@@ -250,7 +275,9 @@ def how_to_run() -> str:
             "",
             "Options: `--cache-dir` (model bundles; default `$OYEZ_MODEL_CACHE_DIR` or the user cache), "
             "`--runners worker,direct,faster-whisper`, `--direct-intra-op N`, `--retries N`, `--json FILE` "
-            "(every request's transcript and latency), `--out FILE`. Bundles are built on first use "
+            "(every request's transcript and latency), `--out FILE`, `--require-gpu` (CUDA or fail, see "
+            "the GPU section), `--max-batch N` (the worker's batch cap, default 8). Bundles are built on "
+            "first use "
             "(`oyez model build`); faster-whisper loads the same pinned CTranslate2 weights the bundles "
             "are converted from.",
         ]
@@ -260,8 +287,15 @@ def how_to_run() -> str:
 def method_notes(plan: Plan, clips: Sequence[Clip]) -> str:
     audio = sum(clip.duration_s for clip in clips)
     counts = ", ".join(f"c={c}: {len(build_requests(clips, c))}" for c in plan.concurrency)
-    batches = ", ".join(f"c={c}: {worker_batch_size(c)}" for c in plan.concurrency)
+    batches = ", ".join(f"c={c}: {worker_batch_size(c, plan.batch_cap)}" for c in plan.concurrency)
     span = f"{min(c.duration_s for c in clips):.1f}–{max(c.duration_s for c in clips):.1f} s each"
+    gpu_note = (
+        "**Device**: worker (`OYEZ_REQUIRE_GPU=true`) and direct runner (`require_gpu`) on the CUDA "
+        "execution provider, no CPU fallback; fp16 graphs and ORT I/O binding are **not measured here**."
+        if plan.require_gpu
+        else "**Not measured here**: this machine has no GPU, so the CUDA execution provider, fp16 graphs "
+        "and ORT\n  I/O binding rows are **not measured here**. Every number below is CPU-only."
+    )
     return f"""\
 - **Workload**: the {len(clips)} real speech clips of `tests/data/speech` ({audio:.1f} s of audio,
   {span}). At concurrency c the request list is the clips in manifest order, cycled to
@@ -273,12 +307,12 @@ def method_notes(plan: Plan, clips: Sequence[Clip]) -> str:
   during which other processes used over {BUSY_SHARE:.0%} of the CPU is timed again (up to
   `--retries`, default 1; the least disturbed list is kept).
 - **worker**: the real `oyez worker` subprocess (bundle directory as `MODEL_URL`, gRPC on loopback,
-  `OYEZ_MAX_BATCH_SIZE` = min(8, c) ({batches}), `OYEZ_MAX_BATCH_WAIT_MS` default 10 ms), restarted
-  when the batch size changes and timed only after `/health` returns 200. Clients are grpc.aio tasks
+  `OYEZ_MAX_BATCH_SIZE` = min({plan.batch_cap}, c) ({batches}), `OYEZ_MAX_BATCH_WAIT_MS` default 10 ms),
+  restarted when the batch size changes and timed only after `/health` returns 200. Clients are grpc.aio tasks
   on one channel in the benchmark process, each sending `config` then the clip's WAV bytes as
   `audio_chunk`s (`punctuate=true`, `timestamps=false`). **Includes** gRPC upload and response, WAV
   decoding, Silero VAD, the VAD window plan, features, the dynamic batcher's queueing and batched
-  encoder/decoder runs, text assembly. The client shares the 2 cores with the worker.
+  encoder/decoder runs, text assembly. The client shares the {os.cpu_count()} cores with the worker.
 - **direct** (the overhead baseline): the same bundle's ONNX graphs with raw onnxruntime in the
   benchmark process, one session pair shared by c threads: per request `log_mel_spectrogram` →
   `WhisperOnnx.encode` (batch 1) → `greedy_decode` (batch 1) → detokenise. **Excludes** the service,
@@ -294,8 +328,7 @@ def method_notes(plan: Plan, clips: Sequence[Clip]) -> str:
   the per-request RTF Σ latency / Σ audio (queueing included). p50/p95 are request latencies seen by
   the client. WER is corpus WER (jiwer, Whisper English normaliser) over each clip's first transcript
   in the timed list; clips whose repeats disagree are listed under observations.
-- **Not measured here**: this machine has no GPU, so the CUDA execution provider, fp16 graphs and ORT
-  I/O binding rows are **not measured here**. Every number below is CPU-only."""
+- {gpu_note}"""
 
 
 def render(plan: Plan, clips: Sequence[Clip], collected: Collected) -> list[tuple[str, str]]:

@@ -93,7 +93,7 @@ class DirectRunner:
 
     name = "direct"
 
-    def __init__(self, bundle_dir: Path, intra_op_threads: int = 0) -> None:
+    def __init__(self, bundle_dir: Path, intra_op_threads: int = 0, require_gpu: bool = False) -> None:
         from asr_worker.engine.decoding import build_prompt
         from asr_worker.engine.onnx_model import WhisperOnnx
         from asr_worker.engine.tokenizer import Tokenizer
@@ -101,7 +101,9 @@ class DirectRunner:
 
         manifest = load_manifest(bundle_dir)
         self._n_mels = manifest.dims.n_mels
-        self._model = WhisperOnnx(bundle_dir, manifest, intra_op_threads=intra_op_threads)
+        self._model = WhisperOnnx(
+            bundle_dir, manifest, intra_op_threads=intra_op_threads, require_gpu=require_gpu
+        )
         self._tokenizer = Tokenizer.from_file(bundle_dir / "vocabulary.txt", manifest.special_tokens.eot)
         self._prompt = build_prompt(manifest, "en")
 
@@ -212,9 +214,12 @@ def oyez_command() -> list[str]:
 
 
 def worker_env(
-    bundle_dir: Path, grpc_port: int, http_port: int, batch: int, cache_dir: Path
+    bundle_dir: Path, grpc_port: int, http_port: int, batch: int, cache_dir: Path, require_gpu: bool = False
 ) -> dict[str, str]:
+    """The worker's environment; ``OYEZ_REQUIRE_GPU`` only when asked (``--require-gpu``), never inherited."""
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "OYEZ_REQUIRE_GPU"}}
+    if require_gpu:
+        env["OYEZ_REQUIRE_GPU"] = "true"
     env.update(
         MODEL_URL=str(bundle_dir),
         PORT=str(grpc_port),
@@ -229,9 +234,9 @@ def worker_env(
     return env
 
 
-def worker_batch_size(concurrency: int) -> int:
-    """``OYEZ_MAX_BATCH_SIZE`` for a concurrency point: 8, or the concurrency when smaller."""
-    return max(1, min(WORKER_BATCH_CAP, concurrency))
+def worker_batch_size(concurrency: int, cap: int = WORKER_BATCH_CAP) -> int:
+    """``OYEZ_MAX_BATCH_SIZE`` for a concurrency point: ``cap`` (8), or the concurrency when smaller."""
+    return max(1, min(cap, concurrency))
 
 
 def transcribe_messages(clip: Clip, request_id: str) -> Iterator[Any]:
@@ -248,13 +253,13 @@ def transcribe_messages(clip: Clip, request_id: str) -> Iterator[Any]:
 class WorkerProcess:
     """An ``oyez worker`` subprocess on free loopback ports; logs go to a temporary file."""
 
-    def __init__(self, bundle_dir: Path, batch: int, cache_dir: Path) -> None:
+    def __init__(self, bundle_dir: Path, batch: int, cache_dir: Path, require_gpu: bool = False) -> None:
         self.batch = batch
         self.grpc_port = free_port()
         self.http_port = free_port()
         self._log_dir = tempfile.TemporaryDirectory(prefix="oyez-bench-worker-")
         self.log_path = Path(self._log_dir.name) / "worker.log"
-        env = worker_env(bundle_dir, self.grpc_port, self.http_port, batch, cache_dir)
+        env = worker_env(bundle_dir, self.grpc_port, self.http_port, batch, cache_dir, require_gpu)
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 oyez_command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -349,18 +354,22 @@ class WorkerRunner:
 
     name = "worker"
 
-    def __init__(self, bundle_dir: Path, cache_dir: Path) -> None:
+    def __init__(
+        self, bundle_dir: Path, cache_dir: Path, require_gpu: bool = False, batch_cap: int = WORKER_BATCH_CAP
+    ) -> None:
         self._bundle_dir = bundle_dir
         self._cache_dir = cache_dir
+        self._require_gpu = require_gpu
+        self._batch_cap = batch_cap
         self.process: WorkerProcess | None = None
         self.startups: list[tuple[int, float]] = []  # (batch size, seconds to /health 200)
 
     def prepare(self, concurrency: int) -> None:
-        batch = worker_batch_size(concurrency)
+        batch = worker_batch_size(concurrency, self._batch_cap)
         if self.process is not None and self.process.batch == batch:
             return
         self.close()
-        self.process = WorkerProcess(self._bundle_dir, batch, self._cache_dir)
+        self.process = WorkerProcess(self._bundle_dir, batch, self._cache_dir, self._require_gpu)
         self.startups.append((batch, self.process.startup_s))
 
     def pids(self) -> list[int]:

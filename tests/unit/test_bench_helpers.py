@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench.report import END, Row, derived_comparisons, overhead, results_table, write_results
-from bench.runners import rpc_error_text, worker_batch_size
+from bench.run import parse_args
+from bench.runners import rpc_error_text, worker_batch_size, worker_env
 from bench.workload import (
     Clip,
     Outcome,
@@ -78,6 +79,21 @@ def test_transcript_helpers() -> None:
 
 def test_worker_batch_size_caps_at_eight() -> None:
     assert [worker_batch_size(c) for c in (1, 4, 8, 16)] == [1, 4, 8, 8]
+    assert [worker_batch_size(c, cap=32) for c in (1, 16, 64)] == [1, 16, 32]
+
+
+def test_worker_env_requires_the_gpu_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OYEZ_REQUIRE_GPU", "true")  # a developer's shell must not leak into a CPU run
+    plain = worker_env(Path("/b"), 1, 2, 8, Path("/c"))
+    assert "OYEZ_REQUIRE_GPU" not in plain
+    assert worker_env(Path("/b"), 1, 2, 8, Path("/c"), require_gpu=True)["OYEZ_REQUIRE_GPU"] == "true"
+
+
+def test_gpu_options_parse(tmp_path: Path) -> None:
+    plan = parse_args(["--cache-dir", str(tmp_path), "--no-write"])
+    assert (plan.require_gpu, plan.batch_cap) == (False, 8)
+    plan = parse_args(["--cache-dir", str(tmp_path), "--no-write", "--require-gpu", "--max-batch", "32"])
+    assert (plan.require_gpu, plan.batch_cap) == (True, 32)
 
 
 def test_rpc_error_text_handles_plain_exceptions() -> None:
