@@ -13,6 +13,9 @@ TIER_ORDER = ("A100", "A10", "L4", "T4")
 CPU_TIER = "none"
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# Inference lanes of a GPU worker: on one H200, 4 lanes gave 2.1x (base) / 1.5x (tiny.en) the
+# audio throughput of 1 lane at 16 concurrent requests, 8 lanes nothing more (bench/RESULTS.md, GPU).
+GPU_INFERENCE_LANES = 4
 GPU_TAINT_KEY = "nvidia.com/gpu"
 
 # VRAM per tier (GiB): what a worker pod on that tier can count on.

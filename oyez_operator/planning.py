@@ -168,6 +168,26 @@ def size_components(
     return sized
 
 
+def resource_problems(resources: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Requests above limits (after the spec's overrides) would be rejected by the API server."""
+    from .apply import quantity_value
+
+    names = {"api-server": "api", "asr-worker": "asr", "license-proxy": "licenseProxy", "redis": "redis"}
+    problems = []
+    for component, sized in resources.items():
+        requests, limits = sized.get("requests") or {}, sized.get("limits") or {}
+        for resource, requested in requests.items():
+            if resource not in limits:
+                continue
+            want, cap = quantity_value(requested), quantity_value(limits[resource])
+            if want is not None and cap is not None and want > cap:
+                problems.append(
+                    f"spec.{names[component]}.resources: requests.{resource} {requested} exceeds "
+                    f"limits.{resource} {limits[resource]} (set limits.{resource} too)"
+                )
+    return problems
+
+
 def choose_scaler(spec: SpeechDeploymentSpec, keda_installed: bool) -> Scaler:
     if not spec.asr.autoscaling.enabled:
         return "none"

@@ -20,7 +20,7 @@ from . import catalog
 from .apply import apply_all, prune
 from .crd_model import MAX_NAME_LENGTH, SpeechDeploymentSpec, describe_errors, parse_spec
 from .kube import KubeClient, KubeError
-from .planning import NodeFacts, Plan, make_plan, node_tier
+from .planning import NodeFacts, Plan, make_plan, node_tier, resource_problems
 from .render import Desired, render_all
 from .render_common import RenderContext, default_images, service_url
 from .render_storage import prefetch_job_name
@@ -183,6 +183,13 @@ class Reconciler:
             label_map=self.settings.gpu_labels,
             capacity=self.settings.capacity,
         )
+        sizing = resource_problems(plan.resources)
+        if sizing:
+            message = "; ".join(sizing)
+            status = invalid_spec_status(message, previous_conditions, now, generation)
+            return await self._finish(
+                name, namespace, previous_status, status, [("Warning", "InvalidSpec", message)]
+            )
         ctx = RenderContext(
             name=name,
             namespace=namespace,

@@ -149,6 +149,7 @@ def render_worker_deployment(ctx: RenderContext) -> dict[str, Any]:
         env_value(c.ENV_WORKER_HTTP_PORT, c.ASR_HTTP_PORT),
         env_value(c.ENV_GPU_DEVICE_ID, 0),
         env_value(c.ENV_REQUIRE_GPU, "true" if on_gpu else "false"),
+        env_value(c.ENV_INFERENCE_LANES, catalog.GPU_INFERENCE_LANES if on_gpu else 1),
         env_field("POD_IP", "status.podIP"),
         env_field(c.ENV_WORKER_ID, "metadata.name"),
         env_value(c.ENV_WORKER_ADVERTISE_ADDRESS, f"$(POD_IP):{c.ASR_GRPC_PORT}"),

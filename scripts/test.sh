@@ -3,7 +3,7 @@
 # stubs, and run the whole test suite (it builds the test model once per machine, ~15 s).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OYEZ_EXTRAS="worker,convert,s3,license,api,dev" "$ROOT/scripts/dev-env.sh"
+OYEZ_EXTRAS="worker,convert,s3,license,api,operator,dev" "$ROOT/scripts/dev-env.sh"
 VENV="${OYEZ_VENV:-$ROOT/.venv}"
 cd "$ROOT"
 export PATH="$VENV/bin:$PATH"
@@ -11,7 +11,7 @@ echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 echo "== mypy"
-"$VENV/bin/mypy" oyez asr_worker license_proxy api_server
+"$VENV/bin/mypy" oyez asr_worker license_proxy api_server oyez_operator
 echo "== gRPC stubs"
 "$VENV/bin/python" -m oyez.proto.generate --check
 echo "== pytest"
