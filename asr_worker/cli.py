@@ -44,6 +44,7 @@ def model_fetch(args: argparse.Namespace) -> int:
     from .service.settings import load_worker_settings
 
     settings = load_worker_settings()
+    configure_logging("model-prefetch", fmt=settings.log_format, level=settings.log_level, stream=sys.stderr)
     digests = settings.model_sha256 or [None] * len(settings.model_url)
     for url, digest in zip(settings.model_url, digests, strict=True):
         bundle = resolve_reference(
