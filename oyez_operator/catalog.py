@@ -23,9 +23,10 @@ TIER_VRAM_GIB = {"T4": 16, "L4": 24, "A10": 24, "A100": 40}
 
 # Audio hours per wall-clock hour one worker sustains, per tier (whisper-base, greedy).
 # A10: the brief's seed figure (~100). T4/L4/A100: scaled from the A10 by relative fp16 inference
-# throughput; "none" is measured here (bench/RESULTS.md: one 2-vCPU worker, whisper-tiny.en fp32,
-# ~14 audio s/s at c = 16; whisper-base ~5). Replace these with bench/capacity.py measurements.
-DEFAULT_CAPACITY_AUDIO_HOURS_PER_HOUR = {"T4": 45.0, "L4": 90.0, "A10": 100.0, "A100": 250.0, "none": 5.0}
+# throughput. "none" is measured (bench/RESULTS.md: one 2-vCPU worker, whisper-base fp32, 7.8 audio
+# s/s at 16 concurrent requests); a worker with the plans' 4-8 CPUs does more, so it is a floor.
+# Replace the GPU seeds with bench/capacity.py measurements per tier.
+DEFAULT_CAPACITY_AUDIO_HOURS_PER_HOUR = {"T4": 45.0, "L4": 90.0, "A10": 100.0, "A100": 250.0, "none": 7.5}
 
 # Node labels that name the GPU model: per label key, a regular expression per tier (searched,
 # case-insensitive). GPU Feature Discovery (nvidia.com/gpu.product), GKE
