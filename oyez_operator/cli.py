@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from typing import Any
 
 import yaml
 
 from .crd_schema import crd_manifest
 from .rbac import rbac_rules
+from .settings import load_operator_settings
 
 
 def dump_yaml(document: object) -> str:
@@ -24,18 +25,19 @@ def operator_main(args: argparse.Namespace) -> int:
     if args.print_rbac:
         sys.stdout.write(dump_yaml(rbac_rules()))
         return 0
+    overrides: dict[str, Any] = {}
     if args.namespace:
-        os.environ["OYEZ_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
+        overrides["namespaces"] = args.namespace
     if args.all_namespaces:
-        os.environ["OYEZ_OPERATOR_NAMESPACES"] = ""
+        overrides["namespaces"] = []
     if args.liveness_port is not None:
-        os.environ["OYEZ_OPERATOR_LIVENESS_PORT"] = str(args.liveness_port)
+        overrides["liveness_port"] = args.liveness_port
+    settings = load_operator_settings(**overrides)  # flags over OYEZ_OPERATOR_* over defaults
 
     import kopf
 
-    from . import handlers  # registers the handlers; reads the settings
+    from . import handlers  # noqa: F401 - registers the handlers
 
-    settings = handlers.SETTINGS
     liveness = f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None
     kopf.configure(verbose=False)
     kopf.run(
