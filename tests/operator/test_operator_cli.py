@@ -170,3 +170,16 @@ def test_bad_operator_setting_is_a_clear_error(name: str, value: str) -> None:
     )
     assert result.returncode == 2
     assert name in result.stderr and "INVALID_CONFIG" in result.stderr
+
+
+def test_startup_sets_watch_timeouts_and_our_own_storage_prefixes() -> None:
+    import kopf
+
+    from oyez_operator import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings=settings)
+    assert settings.watching.server_timeout == handlers.SETTINGS.watch_server_timeout_s == 300
+    assert settings.watching.client_timeout == 330 and settings.watching.connect_timeout == 30
+    assert settings.persistence.finalizer == "oyez.dev/finalizer"
+    assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
