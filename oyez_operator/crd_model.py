@@ -266,7 +266,8 @@ class RedisSpec(PodPlacement):
     persistence_size: Quantity = "8Gi"
     storage_class_name: str | None = Field(default=None, max_length=253)
     password_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Managed Redis: requirepass from this Secret."
+        default=None,
+        description="Managed Redis: requirepass from this Secret (URL-safe: openssl rand -hex 24).",
     )
     url: str | None = Field(
         default=None,

@@ -19,7 +19,7 @@ from .render_workloads import (
 @dataclass(frozen=True)
 class Desired:
     """One object to create or patch. ``create_only`` paths are set on create and never patched
-    (the worker count once an autoscaler owns it)."""
+    (the worker count once an autoscaler owns it, a Job's immutable spec)."""
 
     body: dict[str, Any]
     create_only: tuple[tuple[str, ...], ...] = ()
@@ -27,6 +27,15 @@ class Desired:
     @property
     def key(self) -> tuple[str, str, str]:
         return self.body["apiVersion"], self.body["kind"], self.body["metadata"]["name"]
+
+
+# Fields the API server refuses to change after create: set on create, never patched (a change there
+# needs the object deleted by hand; the operator then recreates it).
+IMMUTABLE_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Job": (("spec",),),
+    "StatefulSet": (("spec", "volumeClaimTemplates"), ("spec", "serviceName"), ("spec", "selector")),
+    "PersistentVolumeClaim": (("spec", "accessModes"), ("spec", "storageClassName")),
+}
 
 
 def render_all(ctx: RenderContext, *, include_workers: bool = True) -> list[Desired]:
@@ -45,7 +54,9 @@ def render_all(ctx: RenderContext, *, include_workers: bool = True) -> list[Desi
         bodies.append(render_redis_statefulset(ctx))
     bodies.append(render_license_proxy_deployment(ctx))
     bodies.append(render_prefetch_job(ctx))
-    desired = [Desired(body) for body in bodies]
+    # A Job's spec is immutable: set on create only, or any change (a new image tag after an
+    # operator upgrade, a new toleration) would fail every patch. A new model is a new Job.
+    desired = [Desired(body, IMMUTABLE_PATHS.get(body["kind"], ())) for body in bodies]
     if include_workers:
         worker_create_only = (("spec", "replicas"),) if ctx.plan.scaler != "none" else ()
         desired.append(Desired(render_worker_deployment(ctx), worker_create_only))

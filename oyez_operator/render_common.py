@@ -12,6 +12,7 @@ from typing import Any
 
 from oyez import __version__
 
+from . import catalog
 from .crd_model import GROUP, KIND, VERSION, PodPlacement, SpeechDeploymentSpec
 from .planning import Plan
 
@@ -163,6 +164,27 @@ def placement_fields(
         "affinity": dict(placement.affinity) if placement.affinity else None,
         "priorityClassName": placement.priority_class_name,
     }
+
+
+def worker_placement(ctx: RenderContext) -> dict[str, Any]:
+    """Placement of the worker pods and of the prefetch Job that fills their model volume: spec.asr's
+    overrides, plus (GPU tiers) the GPU taint's toleration and node affinity to the tier's nodes,
+    unless spec.asr.affinity replaces it. The Job goes where the workers go, so a ReadWriteOnce
+    volume is provisioned in their zone and a tainted GPU pool does not leave the Job Pending."""
+    on_gpu = ctx.plan.tier.on_gpu
+    gpu_tolerations = (
+        [{"key": catalog.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}] if on_gpu else []
+    )
+    placement = placement_fields(ctx.spec.asr, extra_tolerations=gpu_tolerations)
+    if placement["affinity"] is None and on_gpu and ctx.gpu_node_terms:
+        terms = [
+            {"matchExpressions": [{"key": key, "operator": "In", "values": list(values)}]}
+            for key, values in ctx.gpu_node_terms
+        ]
+        placement["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+        }
+    return placement
 
 
 def pull_secrets(ctx: RenderContext) -> list[dict[str, str]] | None:

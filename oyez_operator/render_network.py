@@ -22,7 +22,10 @@ def _service(
 ) -> dict[str, Any]:
     meta = metadata(ctx, component, name)
     meta["labels"] = {**meta["labels"], **(extra_labels or {})}
-    meta["annotations"] = annotations
+    if annotations:
+        # Only when the spec sets some: other tools (cloud load balancers, NEG controllers) annotate
+        # Services too, and owning the field would make the two fight over it.
+        meta["annotations"] = annotations
     spec: dict[str, Any] = {"type": service_type, "selector": selector_labels(ctx, component), "ports": ports}
     if headless:
         spec["clusterIP"] = "None"

@@ -20,6 +20,7 @@ from .render_common import (
     pull_secrets,
     selector_labels,
     tmp_volume,
+    worker_placement,
 )
 
 MODEL_MOUNT = "/models"
@@ -95,7 +96,7 @@ def render_prefetch_job(ctx: RenderContext) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "securityContext": pod_security(),
                     "imagePullSecrets": pull_secrets(ctx),
-                    **placement_fields(ctx.spec.asr),
+                    **worker_placement(ctx),  # where the workers will mount the volume
                     "containers": [container],
                     "volumes": [tmp, {"name": "model-cache", **_claim(ctx)}],
                 },

@@ -22,6 +22,7 @@ from .render_common import (
     selector_labels,
     service_url,
     tmp_volume,
+    worker_placement,
 )
 from .render_storage import MODEL_MOUNT, model_volume
 
@@ -126,16 +127,6 @@ def render_api_deployment(ctx: RenderContext) -> dict[str, Any]:
     return _deployment(ctx, "api-server", replicas=api.replicas, pod_spec=pod)
 
 
-def _gpu_affinity(ctx: RenderContext) -> dict[str, Any] | None:
-    if not ctx.plan.tier.on_gpu or not ctx.gpu_node_terms:
-        return None
-    terms = [
-        {"matchExpressions": [{"key": key, "operator": "In", "values": list(values)}]}
-        for key, values in ctx.gpu_node_terms
-    ]
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
-
-
 def render_worker_deployment(ctx: RenderContext) -> dict[str, Any]:
     asr, model = ctx.spec.asr, ctx.spec.model
     on_gpu = ctx.plan.tier.on_gpu
@@ -173,17 +164,11 @@ def render_worker_deployment(ctx: RenderContext) -> dict[str, Any]:
         # /metrics answers while the process serves, also while draining (when /health is 503).
         "livenessProbe": http_probe(c.METRICS_PATH, "metrics", period=10, failures=6, timeout=5),
     }
-    gpu_tolerations = (
-        [{"key": catalog.GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}] if on_gpu else []
-    )
-    placement = placement_fields(asr, extra_tolerations=gpu_tolerations)
-    if placement["affinity"] is None:
-        placement["affinity"] = _gpu_affinity(ctx)
     pod = _pod(
         ctx,
         container,
         grace_s=asr.drain_grace_period_seconds + DRAIN_MARGIN_S,
-        placement=placement,
+        placement=worker_placement(ctx),
         volumes=[model_volume(ctx)],
     )
     # With an autoscaler the replica count belongs to it: rendered only for the first create.
