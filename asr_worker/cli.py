@@ -45,7 +45,7 @@ def model_fetch(args: argparse.Namespace) -> int:
 
     settings = load_worker_settings()
     configure_logging("model-prefetch", fmt=settings.log_format, level=settings.log_level, stream=sys.stderr)
-    digests = settings.model_sha256 or [None] * len(settings.model_url)
+    digests: list[str | None] = [*settings.model_sha256] or [None] * len(settings.model_url)
     for url, digest in zip(settings.model_url, digests, strict=True):
         bundle = resolve_reference(
             url, cache_dir=settings.model_cache_dir, expected_sha256=digest or None, progress=False
