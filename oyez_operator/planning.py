@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from . import catalog
 from .crd_model import PodPlacement, SpeechDeploymentSpec
+from .quantity import quantity_value
 
 Scaler = Literal["none", "hpa", "keda"]
 
@@ -170,8 +171,6 @@ def size_components(
 
 def resource_problems(resources: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Requests above limits (after the spec's overrides) would be rejected by the API server."""
-    from .apply import quantity_value
-
     names = {"api-server": "api", "asr-worker": "asr", "license-proxy": "licenseProxy", "redis": "redis"}
     problems = []
     for component, sized in resources.items():

@@ -21,7 +21,7 @@ from .apply import apply_all, prune
 from .crd_model import MAX_NAME_LENGTH, SpeechDeploymentSpec, describe_errors, parse_spec
 from .kube import KubeClient, KubeError
 from .planning import NodeFacts, Plan, make_plan, node_tier, resource_problems
-from .render import Desired, render_all
+from .render import render_all
 from .render_common import RenderContext, default_images, service_url
 from .render_storage import prefetch_job_name
 from .settings import OperatorSettings
@@ -210,7 +210,8 @@ class Reconciler:
             events.append(("Warning", "LicenseSecretMissing", lic_problem))
             return await self._finish(name, namespace, previous_status, status, events)
 
-        job = await self.client.get("batch/v1", "Job", namespace, prefetch_job_name(ctx))
+        job_key = ("batch/v1", "Job", prefetch_job_name(ctx))
+        job = await self.client.get(*job_key[:2], namespace, job_key[2])
         job_state = JobState.of(job)
         model_ready = job_state is not None and job_state.succeeded
         desired = render_all(ctx, include_workers=model_ready)
@@ -235,7 +236,7 @@ class Reconciler:
         )
         observed = Observed(
             license_problem=None,
-            model_job=JobState.of(live.get(self._key(desired, "Job"))),
+            model_job=JobState.of(live.get(job_key)),
             redis=Rollout.of(live.get(("apps/v1", "StatefulSet", ctx.object_name("redis")))),
             redis_external=spec.redis.mode == "external",
             workers=Rollout.of(workers),
@@ -246,10 +247,6 @@ class Reconciler:
         if observed.model_job and observed.model_job.failed:
             events.append(("Warning", "ModelPrefetchFailed", observed.model_job.message))
         return await self._finish(name, namespace, previous_status, status, events)
-
-    @staticmethod
-    def _key(desired: list[Desired], kind: str) -> tuple[str, str, str]:
-        return next(item.key for item in desired if item.key[1] == kind)
 
     def _status(
         self,
