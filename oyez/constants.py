@@ -29,6 +29,8 @@ ENV_GPU_DEVICE_ID = "GPU_DEVICE_ID"
 ENV_LICENSE_KEY = "LICENSE_KEY"
 ENV_REQUIRE_GPU = "OYEZ_REQUIRE_GPU"
 ENV_OYEZ_MODEL_CACHE_DIR = "OYEZ_MODEL_CACHE_DIR"
+# Read-only directory of bundles built into a container image (searched before the cache).
+ENV_OYEZ_BUNDLED_MODELS_DIR = "OYEZ_BUNDLED_MODELS_DIR"
 
 # Redis key layout for the worker registry (read by the API server).
 REGISTRY_SET_KEY = "oyez:workers"

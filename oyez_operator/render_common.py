@@ -37,7 +37,7 @@ def default_images(registry: str = "ghcr.io/oyez-dev", tag: str = __version__) -
         asr_worker=f"{registry}/asr-worker:{tag}",
         asr_worker_cpu=f"{registry}/asr-worker-cpu:{tag}",
         license_proxy=f"{registry}/license-proxy:{tag}",
-        redis="docker.io/library/redis:7.2-alpine",
+        redis="docker.io/library/redis:7.2.5-alpine",
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 from tqdm import tqdm
 
-from oyez.constants import ENV_OYEZ_MODEL_CACHE_DIR
+from oyez.constants import ENV_OYEZ_BUNDLED_MODELS_DIR, ENV_OYEZ_MODEL_CACHE_DIR
 from oyez.errors import ModelError
 from oyez.logs import get_logger
 
@@ -80,6 +80,15 @@ def cached_bundle_path(name: str, *, int8: bool = False, cache_dir: Path | None 
     return (cache_dir or default_cache_dir()) / f"{name}-{precision}-{key}"
 
 
+def bundled_model_path(name: str, *, int8: bool = False) -> Path | None:
+    """The image's prebuilt bundle for ``name`` (verified), or None when the image has none."""
+    directory = os.environ.get(ENV_OYEZ_BUNDLED_MODELS_DIR)
+    if not directory:
+        return None
+    candidate = cached_bundle_path(name, int8=int8, cache_dir=Path(directory))
+    return candidate if _is_complete(candidate) else None
+
+
 def build_model(
     name: str,
     *,
@@ -88,8 +97,17 @@ def build_model(
     out: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Return the path of a verified bundle for ``name``, converting it if not yet cached."""
+    """Return the path of a verified bundle for ``name``, converting it if not yet cached.
+
+    Without ``out``, a bundle built into the container image (``$OYEZ_BUNDLED_MODELS_DIR``) is used
+    as it is, so a worker image needs neither the cache volume nor the converter for its default model.
+    """
     source = weight_source(name)
+    if out is None:
+        bundled = bundled_model_path(name, int8=int8)
+        if bundled is not None:
+            log.info("Model bundle found in the image", model=name, path=str(bundled))
+            return bundled
     target = out or cached_bundle_path(name, int8=int8, cache_dir=cache_dir)
     if _is_complete(target):
         log.info("Model bundle found in cache", model=name, path=str(target))
@@ -129,7 +147,8 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
     except ImportError as exc:
         raise ModelError(
             f"Converting {source.name} needs torch and onnx ({exc.name} is missing): "
-            "pip install 'oyez[convert]'"
+            "pip install 'oyez[convert]', or set MODEL_URL to a bundle URL (an image has only the "
+            "models it was built with)"
         ) from exc
 
     steps = ["verify weights", "read weights", "export encoder", "export decoder", "check graphs"]

@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1.7
+# The API server (`oyez api`, HTTP :7100). Build from the repository root:
+#   docker build -f images/api-server.Dockerfile -t ghcr.io/oyez-dev/api-server:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY oyez/ oyez/
+COPY api_server/ api_server/
+RUN python -m venv /opt/oyez/venv \
+    && /opt/oyez/venv/bin/pip install ".[api]"
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="oyez api-server" \
+      org.opencontainers.image.source="https://github.com/oyez-dev/oyez" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 oyez \
+    && useradd --system --uid 10001 --gid oyez --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin oyez
+COPY --from=build /opt/oyez/venv /opt/oyez/venv
+ENV PATH=/opt/oyez/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    API_SERVER_PORT=7100 \
+    OYEZ_LOG_FORMAT=json
+USER 10001:10001
+EXPOSE 7100
+# Ready (GET /healthz): Redis reachable and at least one ASR worker serving.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('API_SERVER_PORT', '7100'), timeout=2)"]
+ENTRYPOINT ["oyez", "api"]
