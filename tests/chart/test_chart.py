@@ -4,6 +4,8 @@ the RBAC from the operator's own rules file, the package contents, and bad value
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -148,9 +150,127 @@ def test_package_holds_only_chart_files_and_the_same_crd(tmp_path: Path) -> None
         (["--set", "speechDeployment.name=" + "a" * 41], "speechDeployment.name"),
         (["--set", "operator.replicaz=2"], "replicaz"),
         (["--set", "speechDeployment.enabled=true"], "speechDeployment.license.existingSecret"),
+        (["--set", "speechDeployment.spec.gpu.teir=L4"], "Additional property teir is not allowed"),
+        (["--set", "speechDeployment.spec.gpu.tier=H100"], "speechDeployment.spec.gpu.tier must be one of"),
+        (["--set", "speechDeployment.spec.asr.replicas=1001"], "speechDeployment.spec.asr.replicas"),
+        (["--set", "speechDeployment.spec.license.publicKey=x"], "property license is not allowed"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(args: list[str], expected: str) -> None:
     result = run_helm("template", "rel", ".", *args)
     assert result.returncode != 0
     assert expected in result.stderr, result.stderr
+
+
+def rendered_notes(tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` prints it. `helm template` skips NOTES, so a copy of the packaged
+    chart renders the same text through `tpl` inside a ConfigMap."""
+    result = run_helm("package", ".", "-d", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("oyez-*.tgz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    chart = tmp_path / "oyez"
+    (chart / "templates" / "NOTES.txt").rename(chart / "notes-source.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes-source.txt") . | quote }}\n'
+    )
+    result = run_helm(
+        "template", "rel", str(chart), "-n", "speech", "--show-only", "templates/zz-notes.yaml", *args
+    )
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["data"]["notes"])
+
+
+def test_notes_print_the_port_forward_and_curl_lines(tmp_path: Path) -> None:
+    notes = rendered_notes(
+        tmp_path,
+        "--set", "speechDeployment.enabled=true",
+        "--set", "speechDeployment.name=asr",
+        "--set", "speechDeployment.license.existingSecret=lic",
+        "--set", "speechDeployment.spec.api.service.port=8000",
+    )  # fmt: skip
+    assert "kubectl -n speech port-forward svc/asr-api-server 7100:8000" in notes
+    assert (
+        'curl -H "Authorization: Token $LICENSE_KEY" -F audio=@sample.wav http://localhost:7100/v1/listen'
+        in notes
+    )
+    assert "kubectl -n speech get speechdeployment asr -w" in notes
+
+
+def test_notes_without_a_speech_deployment_say_how_to_create_one(tmp_path: Path) -> None:
+    notes = rendered_notes(tmp_path)
+    assert "create secret generic oyez-license --from-literal=license-key=" in notes
+    assert "port-forward svc/<name>-api-server 7100:7100" in notes
+    assert "{{" not in notes and "<no value>" not in notes
+
+
+def leaf_keys(values: Any, prefix: str = "") -> list[str]:
+    if isinstance(values, dict) and values:
+        return [key for name, child in values.items() for key in leaf_keys(child, f"{prefix}{name}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_values_are_documented_helm_docs_style() -> None:
+    """Every top-level section and every key that is not a map carries a `# --` comment (helm-docs),
+    except under speechDeployment.spec, which is the CRD's own spec and documented there."""
+    lines = (ROOT / "values.yaml").read_text().splitlines()
+    documented: set[str] = set()
+    path: list[tuple[int, str]] = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z0-9_]+):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        path = [(i, k) for i, k in path if i < indent] + [(indent, match.group(2))]
+        above = number - 1
+        while (
+            above >= 0
+            and lines[above].strip().startswith("#")
+            and not lines[above].strip().startswith("# --")
+        ):
+            above -= 1
+        if above >= 0 and lines[above].strip().startswith("# --"):
+            documented.add(".".join(k for _, k in path))
+    values = yaml.safe_load((ROOT / "values.yaml").read_text())
+    undocumented = [
+        key
+        for key in leaf_keys(values)
+        if not key.startswith("speechDeployment.spec.")
+        and not any(key == d or key.startswith(d + ".") for d in documented)
+    ]
+    assert not undocumented, undocumented
+
+
+def test_the_readme_documents_the_chart() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for needed in (
+        "helm install",
+        "kubectl apply -f",
+        "port-forward",
+        "charts/",
+        "make e2e",
+        "values.schema.json",
+    ):
+        assert needed in readme, needed
+
+
+def test_the_values_schema_holds_the_crds_spec() -> None:
+    """speechDeployment.spec in values.schema.json is generated from the CRD model, never edited."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen-values-schema.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_spec_is_accepted_as_chart_values(example: Path) -> None:
+    schema = json.loads((ROOT / "values.schema.json").read_text())
+    spec = dict(yaml.safe_load(example.read_text())["spec"])
+    spec.pop("license")
+    values = {"speechDeployment": {"enabled": True, "license": {"existingSecret": "lic"}, "spec": spec}}
+    jsonschema.Draft7Validator(schema).validate(values)

@@ -279,11 +279,10 @@ def dockerignore_allows(relative: str) -> bool:
             continue
         negate = line.startswith("!")
         pattern = line.lstrip("!").rstrip("/")
-        if pattern == "**" or relative == pattern or relative.startswith(pattern + "/"):
-            allowed = negate
-        elif pattern.startswith("**/") and re.fullmatch(
+        any_depth = pattern.startswith("**/") and re.fullmatch(
             pattern[3:].replace(".", r"\.").replace("*", "[^/]*"), Path(relative).name
-        ):
+        )
+        if pattern == "**" or relative == pattern or relative.startswith(pattern + "/") or any_depth:
             allowed = negate
     return allowed
 

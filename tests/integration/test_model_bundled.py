@@ -57,7 +57,7 @@ def test_a_damaged_bundle_in_the_image_is_an_error_not_a_silent_rebuild(
     bundle = cached_bundle_path(TEST_MODEL, cache_dir=image_models)
     (bundle / "decoder.onnx").write_bytes(b"truncated")
     monkeypatch.setenv(ENV_OYEZ_BUNDLED_MODELS_DIR, str(image_models))
-    with pytest.raises(ModelError, match="decoder.onnx"):
+    with pytest.raises(ModelError, match=r"decoder\.onnx"):
         bundled_model_path(TEST_MODEL)
 
 
