@@ -46,6 +46,7 @@ from api_server.transcription import Limiter, check_container, listen_body
 from api_server.url_fetch import FetchPolicy, fetch_url
 from api_server.usage import UsageSender, usage_event
 from api_server.webhooks import WebhookSender, derive_secret, encode_body
+from oyez.aio import cancel_and_wait
 from oyez.errors import OyezError
 from oyez.logs import bind_request_id, get_logger
 
@@ -94,9 +95,9 @@ class _Lease:
                 _log.warning(f"Job {self._job_id}: could not renew the lease ({exc})")
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # A cancellation lost inside a Redis call must not leave the handler waiting here forever
+        # (the entry would never be deleted, and the heartbeat would keep it from being taken over).
+        await cancel_and_wait(self._task)
 
 
 class JobRunner:

@@ -11,7 +11,6 @@ down). Picking is pure (:func:`pick_worker`): power of two choices on load = slo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.exceptions import RedisError
 
+from oyez.aio import cancel_and_wait
 from oyez.constants import REGISTRY_SET_KEY, REGISTRY_WORKER_KEY_PREFIX
 from oyez.logs import get_logger
 
@@ -178,10 +178,7 @@ class WorkerDirectory:
 
     async def close(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for channel in self._channels.values():
             await channel.close(None)
 

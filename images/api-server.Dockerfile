@@ -21,6 +21,7 @@ RUN groupadd --system --gid 10001 oyez \
        --shell /usr/sbin/nologin oyez
 COPY --from=build /opt/oyez/venv /opt/oyez/venv
 ENV PATH=/opt/oyez/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     API_SERVER_PORT=7100 \

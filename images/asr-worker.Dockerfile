@@ -52,6 +52,7 @@ RUN groupadd --system --gid 10001 oyez \
 COPY --from=cpu-build /opt/oyez/venv /opt/oyez/venv
 COPY --from=models /opt/oyez/models /opt/oyez/models
 ENV PATH=/opt/oyez/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OYEZ_BUNDLED_MODELS_DIR=/opt/oyez/models \
@@ -97,6 +98,7 @@ RUN apt-get update \
 COPY --from=gpu-build /opt/oyez/venv /opt/oyez/venv
 COPY --from=models /opt/oyez/models /opt/oyez/models
 ENV PATH=/opt/oyez/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     OYEZ_BUNDLED_MODELS_DIR=/opt/oyez/models \

@@ -23,6 +23,7 @@ RUN groupadd --system --gid 10001 oyez \
 COPY --from=build /opt/oyez/venv /opt/oyez/venv
 # The validation cache and usage spool live in OYEZ_LICENSE_STATE_DIR: mount a volume there.
 ENV PATH=/opt/oyez/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PORT=6699 \

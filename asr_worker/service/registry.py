@@ -36,6 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from oyez.aio import cancel_and_wait
 from oyez.constants import REGISTRY_SET_KEY, REGISTRY_WORKER_KEY_PREFIX
 from oyez.logs import get_logger
 
@@ -146,9 +147,7 @@ class WorkerRegistry:
     async def deregister(self) -> None:
         """Stop the heartbeat, mark the record draining, then remove it; close the client."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         try:
             await self._client.hset(self.key, "state", "draining")

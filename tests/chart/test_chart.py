@@ -128,7 +128,10 @@ def test_package_holds_only_chart_files_and_the_same_crd(tmp_path: Path) -> None
         names = set(tar.getnames())
         crd = tar.extractfile("oyez/crds/speechdeployments.oyez.dev.yaml")
         assert crd is not None
-        assert yaml.safe_load(crd.read()) == crd_manifest()
+        packaged = crd.read()
+    # The very bytes of crds/ (which tests/unit/test_operator_crd.py holds to `oyez operator --print-crd`).
+    assert packaged == (ROOT / "crds" / "speechdeployments.oyez.dev.yaml").read_bytes()
+    assert yaml.safe_load(packaged) == crd_manifest()
     assert "oyez/oyez_operator/rbac.yaml" in names
     assert not [name for name in names if name.endswith(".py")]
     assert {name.split("/")[1] for name in names} <= {

@@ -249,6 +249,9 @@ def test_the_runtime_stage_is_non_root_pinned_and_health_checked(image: Image) -
     assert any(f"'{port}'" in " ".join(healthcheck.value) for port in image.ports)
     for command in final.all("RUN"):
         assert not BUILD_TOOLS.search(command.value[0]), command.value[0]
+    # The root filesystem is read-only in pods and in compose: whatever writes under $HOME writes
+    # to the /tmp emptyDir / tmpfs instead of failing.
+    assert env_of(final)["HOME"] == "/tmp"
     exposed = {int(port) for command in final.all("EXPOSE") for port in command.value}
     assert exposed == set(image.ports)
 

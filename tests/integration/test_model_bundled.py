@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from asr_worker.model.build import build_model, bundled_model_path, cached_bundle_path
@@ -18,6 +19,7 @@ from asr_worker.model.resolve import resolve_reference
 from oyez.constants import ENV_OYEZ_BUNDLED_MODELS_DIR
 from oyez.errors import ModelError
 from tests.integration.conftest import TEST_MODEL
+from tests.service_process import ServiceProcess, free_port
 
 
 @pytest.fixture
@@ -81,3 +83,36 @@ def test_the_prefetch_job_command_accepts_the_image_bundle(image_models: Path, t
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"OK {cached_bundle_path(TEST_MODEL, cache_dir=image_models)}"
+
+
+def test_a_worker_started_as_the_image_starts_it_serves_the_baked_model(
+    image_models: Path, tmp_path: Path
+) -> None:
+    """The worker image's environment: MODEL_URL names a baked model, MODEL_CACHE_DIR is a volume it
+    need not write to (read-only here), HOME is /tmp's stand-in. It loads, warms and serves."""
+    cache = tmp_path / "volume"
+    cache.mkdir()
+    cache.chmod(0o555)
+    grpc_port, http_port = free_port(), free_port()
+    worker = ServiceProcess(
+        ["worker"],
+        {
+            "MODEL_URL": TEST_MODEL,
+            "MODEL_CACHE_DIR": str(cache),
+            ENV_OYEZ_BUNDLED_MODELS_DIR: str(image_models),
+            "HOME": str(tmp_path),
+            "PORT": str(grpc_port),
+            "OYEZ_HTTP_PORT": str(http_port),
+            "OYEZ_MODEL_CACHE_DIR": "",
+        },
+    )
+    try:
+        worker.wait_for_line(f"Server ready on port {grpc_port}", timeout=120)
+        health = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=5)
+        assert health.status_code == 200, health.text
+        assert "Model bundle found in the image" in worker.log
+        assert not list(cache.iterdir())
+    finally:
+        code = worker.stop()
+        cache.chmod(0o755)
+    assert code == 0, worker.log

@@ -338,3 +338,47 @@ def test_job_times_are_unix_seconds() -> None:
         < 5
     )
     assert json.loads(job.to_fields()["features"]) == ["batch", "callbacks"]
+
+
+class _SwallowingStore:
+    """A store whose Redis call swallows a cancellation (the first) and returns normally, as a
+    client may."""
+
+    def __init__(self) -> None:
+        self.renewing = asyncio.Event()
+        self.renewals = 0
+        self.touches = 0
+        self.swallowed = 0
+
+    async def renew(self, job_id: str, owner: str) -> bool:
+        self.renewals += 1
+        self.renewing.set()
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1  # the cancellation is lost here
+        return True
+
+    async def touch(self, entry_id: str, owner: str) -> None:
+        self.touches += 1
+
+
+def test_lease_heartbeat_stops_even_when_a_redis_call_swallows_the_cancellation() -> None:
+    """Otherwise the job's handler waits on stop() forever and its queue entry is never deleted."""
+    from api_server.job_runner import _Lease
+
+    async def scenario() -> None:
+        store = _SwallowingStore()
+        lease = _Lease(store, "job_x", "1-0", "me", every_s=0.01)  # type: ignore[arg-type]
+        await asyncio.wait_for(store.renewing.wait(), timeout=5)
+        stopping = asyncio.create_task(lease.stop())
+        finished, _ = await asyncio.wait({stopping}, timeout=5)
+        assert stopping in finished, "stop() waits forever on a heartbeat that lost its cancellation"
+        assert store.swallowed == 1
+        renewals, touches = store.renewals, store.touches
+        await asyncio.sleep(0.1)
+        assert (store.renewals, store.touches) == (renewals, touches), "the heartbeat goes on"
+
+    run(scenario)
