@@ -23,7 +23,8 @@ COPY oyez/ oyez/
 COPY asr_worker/ asr_worker/
 RUN python -m venv /opt/convert \
     && /opt/convert/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch==2.13.0" \
-    && /opt/convert/bin/pip install ".[convert,worker]"
+    && /opt/convert/bin/pip install ".[convert,worker]" \
+    && /opt/convert/bin/pip install --no-deps "resemblyzer==0.1.4"
 RUN for model in ${OYEZ_MODELS}; do \
         /opt/convert/bin/oyez model build "${model}" --cache-dir /opt/oyez/models --no-progress || exit 1; \
         /opt/convert/bin/oyez model verify /opt/oyez/models/"${model}"-fp32-* || exit 1; \

@@ -65,6 +65,12 @@ class UnsupportedLanguage(OyezError):
     code = "UNSUPPORTED_LANGUAGE"
 
 
+class FeatureNotAvailable(OyezError):
+    """A documented option this deployment cannot serve (e.g. diarize with an old model bundle)."""
+
+    code = "FEATURE_NOT_AVAILABLE"
+
+
 class ModelError(OyezError):
     """A model bundle is missing, corrupt, refused, or failed to build or download."""
 

@@ -17,3 +17,8 @@ fi
 # torch==2.13.0 (convert extra) resolves to the CPU wheel; keep pip quiet but show errors.
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]"
+# The speaker encoder's weights (diarization) ship in the resemblyzer wheel, whose own runtime
+# dependencies (librosa, webrtcvad) conversion does not need: install the file's package alone.
+case ",$EXTRAS," in
+  *,convert,*) "$VENV/bin/python" -m pip install --quiet --no-deps "resemblyzer==0.1.4" ;;
+esac

@@ -9,23 +9,34 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from asr_worker.model.build import SPEAKER_FILE
 from asr_worker.model.bundle import BundleManifest, verify_bundle
-from oyez.errors import UnsupportedLanguage
+from oyez.errors import FeatureNotAvailable, UnsupportedLanguage
 from oyez.logs import get_logger
 
 from .alignment import FRAMES_PER_SECOND, token_start_times
 from .batcher import DynamicBatcher
 from .decoding import DecodedWindow, build_prompt
+from .diarization import Turn, word_speakers
 from .features import HOP_LENGTH, log_mel_spectrogram
 from .onnx_model import CUDA, WhisperOnnx, choose_providers
 from .segmenter import Span, VadConfig, plan_file_windows, speech_regions
+from .speaker_encoder import Diarizer, SpeakerEncoder
 from .tokenizer import Tokenizer
-from .types import Samples, StreamOptions, StreamSession, TranscribeOptions, Transcript, Word
+from .types import (
+    Samples,
+    SpeakerSegment,
+    StreamOptions,
+    StreamSession,
+    TranscribeOptions,
+    Transcript,
+    Word,
+)
 from .vad import SileroVad
 from .words import build_words, clean_text, snap_to_speech
 
@@ -98,6 +109,9 @@ class WhisperEngine:
         self.tokenizer = Tokenizer.from_file(bundle_dir / "vocabulary.txt", self.manifest.special_tokens.eot)
         self.vad = SileroVad(bundle_dir / "vad.onnx")
         self.vad_config = VadConfig()
+        # Bundles built before diarization have no speaker encoder: diarize is then refused.
+        has_speaker = SPEAKER_FILE in self.manifest.files
+        self.diarizer = Diarizer(SpeakerEncoder(bundle_dir / SPEAKER_FILE)) if has_speaker else None
         self.batcher = DynamicBatcher(self.model, max_batch, config.max_wait_ms, lanes=lanes)
 
     # --- Engine protocol -------------------------------------------------------------------
@@ -127,19 +141,41 @@ class WhisperEngine:
 
     async def transcribe(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         language = self.check_language(options.language)
+        self._check_diarize(options)
         plan = await asyncio.to_thread(self.plan, samples)
         prompt = build_prompt(self.manifest, language)
         mels = await asyncio.to_thread(self._features, samples, plan.windows)
-        decoded = await asyncio.gather(*(self.batcher.submit_async(mel, prompt) for mel in mels))
-        return self._assemble(samples, plan, list(decoded), options, language)
+        decoding = asyncio.gather(*(self.batcher.submit_async(mel, prompt) for mel in mels))
+        turns: list[Turn] = []
+        if options.diarize:
+            # Speaker embeddings (CPU) run while the windows decode.
+            decoded, turns = await asyncio.gather(
+                decoding, asyncio.to_thread(self.speaker_turns, samples, plan, options.num_speakers)
+            )
+        else:
+            decoded = await decoding
+        return self._assemble(samples, plan, list(decoded), options, language, turns)
 
     def transcribe_sync(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         """The same as :meth:`transcribe`, for callers without an event loop (CLI, benchmarks)."""
         language = self.check_language(options.language)
+        self._check_diarize(options)
         plan = self.plan(samples)
         prompt = build_prompt(self.manifest, language)
         futures = [self.batcher.submit(mel, prompt) for mel in self._features(samples, plan.windows)]
-        return self._assemble(samples, plan, [f.result() for f in futures], options, language)
+        turns = self.speaker_turns(samples, plan, options.num_speakers) if options.diarize else []
+        return self._assemble(samples, plan, [f.result() for f in futures], options, language, turns)
+
+    def _check_diarize(self, options: TranscribeOptions) -> None:
+        if options.diarize and self.diarizer is None:
+            raise FeatureNotAvailable(
+                f"Model bundle {self.manifest.name} has no speaker encoder (it was built before "
+                "diarization): rebuild it with `oyez model build`, or send diarize=false"
+            )
+
+    def speaker_turns(self, samples: Samples, plan: FilePlan, num_speakers: int | None) -> list[Turn]:
+        assert self.diarizer is not None
+        return self.diarizer.turns(samples, plan.speech, num_speakers)
 
     def open_stream(self, options: StreamOptions) -> StreamSession:
         from .streaming import WhisperStream
@@ -182,21 +218,27 @@ class WhisperEngine:
         decoded: list[DecodedWindow],
         options: TranscribeOptions,
         language: str,
+        turns: list[Turn] | None = None,
     ) -> Transcript:
+        # Diarization needs word times to give each word its speaker, asked for or not.
+        timed = replace(options, timestamps=True) if options.diarize else options
         pieces = [
-            self.window_text(result, window.start / SAMPLE_RATE, window.length, options)
+            self.window_text(result, window.start / SAMPLE_RATE, window.length, timed)
             for window, result in zip(plan.windows, decoded, strict=True)
         ]
         tokens = sum(p.token_count for p in pieces)
         confidence = sum(p.probability_sum for p in pieces) / tokens if tokens else 0.0
+        words = snap_to_speech([w for p in pieces for w in p.words], plan.speech) if timed.timestamps else []
+        segments: list[SpeakerSegment] = []
+        if options.diarize:
+            words, segments = attribute_speakers(words, turns or [])
         return Transcript(
             text=" ".join(p.text for p in pieces if p.text),
-            words=snap_to_speech([w for p in pieces for w in p.words], plan.speech)
-            if options.timestamps
-            else [],
+            words=words if options.timestamps else [],
             confidence=round(confidence, 4),
             duration=round(samples.shape[0] / SAMPLE_RATE, 3),
             language=language,
+            speakers=segments,
         )
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -219,3 +261,29 @@ class WhisperEngine:
 
 
 assert FRAMES_PER_SECOND * HOP_LENGTH * 2 == SAMPLE_RATE
+
+
+def attribute_speakers(words: list[Word], turns: list[Turn]) -> tuple[list[Word], list[SpeakerSegment]]:
+    """Each word gets the speaker of the turn it overlaps most; runs of one speaker's words become
+    segments. Zero-length punctuation words stay with the word before them."""
+    speakers = word_speakers([(w.start, w.end) for w in words], turns)
+    labelled: list[Word] = []
+    for index, (word, speaker) in enumerate(zip(words, speakers, strict=True)):
+        if word.end <= word.start and labelled:
+            speaker = labelled[index - 1].speaker or 0
+        labelled.append(replace(word, speaker=speaker))
+    segments: list[SpeakerSegment] = []
+    for word in labelled:
+        speaker = word.speaker or 0
+        if segments and segments[-1].speaker == speaker:
+            last = segments[-1]
+            text = f"{last.text}{word.word}" if _attaches(word.word) else f"{last.text} {word.word}"
+            segments[-1] = SpeakerSegment(speaker, text, last.start, max(last.end, word.end))
+        else:
+            segments.append(SpeakerSegment(speaker, word.word, word.start, word.end))
+    return labelled, segments
+
+
+def _attaches(token: str) -> bool:
+    """Punctuation joins the previous word without a space."""
+    return bool(token) and all(not ch.isalnum() for ch in token)

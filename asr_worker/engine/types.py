@@ -20,6 +20,8 @@ class TranscribeOptions:
     language: str = "en"
     punctuate: bool = True
     timestamps: bool = False
+    diarize: bool = False
+    num_speakers: int | None = None  # with diarize: the expected number of speakers
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,17 @@ class Word:
     start: float
     end: float
     confidence: float
+    speaker: int | None = None  # with diarize: 0, 1, ... in order of first appearance
+
+
+@dataclass(frozen=True)
+class SpeakerSegment:
+    """Consecutive words of one speaker (with diarize)."""
+
+    speaker: int
+    text: str
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class Transcript:
     confidence: float
     duration: float
     language: str
+    speakers: list[SpeakerSegment] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from .bundle import (
     write_manifest,
 )
 from .sources import (
+    SPEAKER_SOURCE,
     VAD_SOURCE,
     WeightSource,
     locate_pinned_file,
@@ -42,12 +43,13 @@ from .sources import (
 )
 from .vocabulary import is_multilingual, language_tokens, read_config, read_vocabulary, special_tokens
 
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: speaker.onnx (diarization) joined the bundle
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 VOCABULARY_FILE = "vocabulary.txt"
 VAD_FILE = "vad.onnx"
-BUNDLE_FILES = [ENCODER_FILE, DECODER_FILE, VOCABULARY_FILE, VAD_FILE]
+SPEAKER_FILE = "speaker.onnx"
+BUNDLE_FILES = [ENCODER_FILE, DECODER_FILE, VOCABULARY_FILE, VAD_FILE, SPEAKER_FILE]
 _LOCK_TIMEOUT_S = 1800
 
 log = get_logger(__name__)
@@ -68,6 +70,7 @@ def bundle_key(source: WeightSource, precision: str) -> str:
         "config": source.config.sha256,
         "vocabulary": source.vocabulary.sha256,
         "vad": VAD_SOURCE.sha256,
+        "speaker": SPEAKER_SOURCE.sha256,
         "converter": CONVERTER_VERSION,
         "precision": precision,
     }
@@ -153,6 +156,7 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
 
     steps = ["verify weights", "read weights", "export encoder", "export decoder", "check graphs"]
     steps += ["quantize int8"] if precision == "int8" else []
+    steps += ["export speaker encoder"]
     steps += ["write manifest"]
     bar = tqdm(
         total=len(steps), desc=f"Building {source.name} ({precision})", disable=not progress, unit="step"
@@ -199,6 +203,8 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
             for graph in (ENCODER_FILE, DECODER_FILE):
                 quantize_int8(fp32_dir / graph, staging / graph)
             advance(steps[5])
+        _export_speaker(staging / SPEAKER_FILE)
+        advance("export speaker encoder")
         shutil.copyfile(vocab_path, staging / VOCABULARY_FILE)
         shutil.copyfile(locate_pinned_file(VAD_SOURCE), staging / VAD_FILE)
         manifest = BundleManifest(
@@ -217,6 +223,15 @@ def _convert(source: WeightSource, precision: str, staging: Path, workdir: Path,
         )
         write_manifest(staging, manifest)
         advance(steps[-1])
+
+
+def _export_speaker(path: Path) -> None:
+    """Resemblyzer's voice encoder to ONNX (fp32 at every precision: it is small), checked."""
+    from .speaker_export import check_speaker_export, export_speaker_encoder, load_speaker_encoder
+
+    encoder = load_speaker_encoder(locate_pinned_file(SPEAKER_SOURCE))
+    export_speaker_encoder(encoder, path)
+    check_speaker_export(encoder, path)
 
 
 def pack_bundle(bundle_dir: Path, archive: Path) -> str:

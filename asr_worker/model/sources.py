@@ -97,6 +97,18 @@ VAD_SOURCE = PinnedFile(
 )
 """Silero VAD (MIT), shipped as ONNX inside the pinned wheel; copied into every bundle."""
 
+SPEAKER_SOURCE = PinnedFile(
+    "resemblyzer",
+    "0.1.4",
+    "resemblyzer",
+    "pretrained.pt",
+    "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+)
+"""Resemblyzer's pretrained voice encoder (Apache-2.0), for diarization; converted to ONNX into every
+bundle. Its wheel requires librosa, webrtcvad and torch at import time, none of which conversion
+needs (only the file is read), so it is installed without them: ``pip install --no-deps
+resemblyzer==0.1.4`` (scripts/dev-env.sh and the worker Dockerfile do)."""
+
 
 def weight_source(name: str) -> WeightSource:
     try:
@@ -108,7 +120,8 @@ def weight_source(name: str) -> WeightSource:
 
 def locate_pinned_file(pinned: PinnedFile, expected_sha256: str | None = None) -> Path:
     """Find ``pinned`` in the installed package, checking version and sha256."""
-    install_hint = f"pip install '{pinned.package}=={pinned.version}'"
+    no_deps = "--no-deps " if pinned.package == SPEAKER_SOURCE.package else ""
+    install_hint = f"pip install {no_deps}'{pinned.package}=={pinned.version}'"
     try:
         installed = importlib.metadata.version(pinned.package)
     except importlib.metadata.PackageNotFoundError as exc:
@@ -153,5 +166,5 @@ def stage_weights(source: WeightSource, workdir: Path) -> tuple[Path, Path, Path
 
 
 def source_packages(source: WeightSource) -> list[SourcePackage]:
-    files = [*source.model_bin_parts, source.config, source.vocabulary]
+    files = [*source.model_bin_parts, source.config, source.vocabulary, VAD_SOURCE, SPEAKER_SOURCE]
     return [SourcePackage(name=f.package, version=f.version, file=f.relpath, sha256=f.sha256) for f in files]
