@@ -40,6 +40,8 @@ class WorkerOptions:
     language: str
     punctuate: bool
     timestamps: bool
+    diarize: bool = False
+    num_speakers: int | None = None
 
 
 class WorkerFailed(Exception):
@@ -106,7 +108,11 @@ async def transcribe(
     config = pb.TranscribeConfig(
         request_id=request_id,
         options=pb.TranscriptionOptions(
-            language=options.language, punctuate=options.punctuate, timestamps=options.timestamps
+            language=options.language,
+            punctuate=options.punctuate,
+            timestamps=options.timestamps,
+            diarize=options.diarize,
+            num_speakers=options.num_speakers or 0,
         ),
         total_bytes=len(audio),
     )

@@ -311,9 +311,15 @@ class JobRunner:
                 raise JobAudioLost("the job's audio is no longer stored (it expired before the job ran)")
             audio = stored
         check_container(audio)
-        options = WorkerOptions(language=job.language, punctuate=job.punctuate, timestamps=job.timestamps)
+        options = WorkerOptions(
+            language=job.language,
+            punctuate=job.punctuate,
+            timestamps=job.timestamps,
+            diarize=job.diarize,
+            num_speakers=job.num_speakers,
+        )
         response = await self._dispatcher.transcribe(audio, options, job.request_id)
-        return listen_body(job.request_id, response, job.timestamps), response.duration
+        return listen_body(job.request_id, response, job.timestamps, job.diarize), response.duration
 
     async def _account(self, job: Job, seconds: float) -> None:
         """Metrics, usage event and the license's audio hours, once per recorded outcome."""

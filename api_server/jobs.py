@@ -80,6 +80,8 @@ class Job:
     language: str = "en"
     punctuate: bool = True
     timestamps: bool = False
+    diarize: bool = False
+    num_speakers: int | None = None
     features: list[str] = field(default_factory=lambda: ["batch", "callbacks"])
     url: str | None = None
     audio_bytes: int = 0
@@ -104,6 +106,7 @@ class Job:
             "language": self.language,
             "punctuate": "1" if self.punctuate else "0",
             "timestamps": "1" if self.timestamps else "0",
+            "diarize": "1" if self.diarize else "0",
             "features": json.dumps(sorted(set(self.features))),
             "audio_bytes": str(self.audio_bytes),
             "status": self.status,
@@ -113,6 +116,7 @@ class Job:
         }
         optional = {
             "url": self.url,
+            "num_speakers": None if self.num_speakers is None else str(self.num_speakers),
             "completed_at": None if self.completed_at is None else repr(self.completed_at),
             "result": None if self.result is None else json.dumps(self.result, separators=(",", ":")),
             "error": None if self.error is None else json.dumps(self.error, separators=(",", ":")),
@@ -138,6 +142,8 @@ class Job:
             language=data.get("language", "en"),
             punctuate=data.get("punctuate", "1") == "1",
             timestamps=data.get("timestamps", "0") == "1",
+            diarize=data.get("diarize", "0") == "1",
+            num_speakers=int(data["num_speakers"]) if data.get("num_speakers") else None,
             features=list(json.loads(data.get("features", '["batch", "callbacks"]'))),
             url=data.get("url") or None,
             audio_bytes=int(number("audio_bytes")),

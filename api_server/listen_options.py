@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from api_server.errors import FeatureNotAvailable
+from oyez import constants
 from oyez.errors import InvalidParameter
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-MAX_SPEAKERS = 32
+MAX_SPEAKERS = constants.MAX_SPEAKERS
 AUTO_LANGUAGES = frozenset({"auto", "multi"})
 MAX_CALLBACK_URL_CHARS = 2048
 
@@ -116,8 +117,6 @@ def parse_listen_options(raw: Mapping[str, object]) -> ListenOptions:
         timestamps=parse_bool("timestamps", raw["timestamps"]) if "timestamps" in raw else False,
         callback_url=_parse_callback(raw.get("callback_url")),
     )
-    if options.diarize or options.num_speakers is not None:
-        raise FeatureNotAvailable(
-            "diarize and num_speakers are not available in this release; send diarize=false (the default)"
-        )
+    if options.num_speakers is not None and not options.diarize:
+        raise InvalidParameter("num_speakers needs diarize=true (it is the expected number of speakers)")
     return options

@@ -80,8 +80,6 @@ def compat_options(query: dict[str, str]) -> tuple[ListenOptions, dict[str, bool
         raise InvalidParameter(
             f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(COMPAT_PARAMS)}"
         )
-    if parse_bool("diarize", query.get("diarize", "false")):
-        raise FeatureNotAvailable("diarize=true is not available in this release")
     if query.get("webhook_url"):
         raise FeatureNotAvailable("webhook_url (asynchronous jobs) is not available in this release")
     if query.get("webhook_extra"):
@@ -90,6 +88,7 @@ def compat_options(query: dict[str, str]) -> tuple[ListenOptions, dict[str, bool
     options = ListenOptions(
         language=parse_language(query.get("language", "en")),
         timestamps=parse_bool("word_timestamps", query.get("word_timestamps", "false")),
+        diarize=parse_bool("diarize", query.get("diarize", "false")),
     )
     return options, detections
 
@@ -99,19 +98,28 @@ def compat_body(
     *,
     word_timestamps: bool,
     detections: dict[str, bool],
+    diarize: bool = False,
     size: int,
     filename: str | None,
 ) -> dict[str, Any]:
+    timed: list[dict[str, Any]] = [
+        {
+            "word": w.word,
+            "start": w.start,
+            "end": w.end,
+            # The vendor's diarized words and utterances name speakers "speaker_0", "speaker_1", ...
+            **({"speaker": f"speaker_{w.speaker}"} if diarize and w.HasField("speaker") else {}),
+        }
+        for w in response.words
+    ]
     body: dict[str, Any] = {
         "status": "success",
         "transcription": response.text,
         "audio_length": round(response.duration, 3),
-        "words": [
-            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3)} for w in response.words
-        ]
+        "words": [{**w, "start": round(w["start"], 3), "end": round(w["end"], 3)} for w in timed]
         if word_timestamps
         else [],
-        "utterances": utterances([{"word": w.word, "start": w.start, "end": w.end} for w in response.words]),
+        "utterances": utterances(timed),
         "metadata": {"duration": round(response.duration, 3), "fileSize": size},
     }
     if filename:
@@ -168,6 +176,7 @@ async def get_text(request: Request) -> JSONResponse:
             response,
             word_timestamps=options.timestamps,
             detections=detections,
+            diarize=options.diarize,
             size=size,
             filename=body.filename,
         )

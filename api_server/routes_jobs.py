@@ -114,6 +114,8 @@ async def accept_job(
         language=options.language,
         punctuate=options.punctuate,
         timestamps=options.timestamps,
+        diarize=options.diarize,
+        num_speakers=options.num_speakers,
         features=options.features(),
         url=body.url,
     )

@@ -23,8 +23,13 @@ _BOOL = {"type": "string", "enum": ["true", "false"]}
 _OPTION_SCHEMAS: dict[str, dict[str, Any]] = {
     "language": {"type": "string", "default": "en", "pattern": "^[a-zA-Z]{2,3}$"},
     "punctuate": {**_BOOL, "default": "true"},
-    "diarize": {**_BOOL, "default": "false", "description": "true is refused (FEATURE_NOT_AVAILABLE)"},
-    "num_speakers": {"type": "integer", "minimum": 1, "maximum": 32, "description": "refused, as diarize"},
+    "diarize": {**_BOOL, "default": "false", "description": "true: `speakers` turns, `speaker` on words"},
+    "num_speakers": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 32,
+        "description": "with diarize: the expected number of speakers (a ceiling the audio must support)",
+    },
     "timestamps": {**_BOOL, "default": "false"},
     "callback_url": {
         "type": "string",
@@ -143,4 +148,4 @@ async def listen(request: Request) -> JSONResponse:
         state.metrics.in_flight.dec()
         await release(state, lease, grant, record.audio_seconds)
     state.metrics.audio_seconds.inc(record.audio_seconds)
-    return JSONResponse(listen_body(request_id, response, options.timestamps))
+    return JSONResponse(listen_body(request_id, response, options.timestamps, options.diarize))

@@ -12,6 +12,16 @@ class WordOut(BaseModel):
     start: float = Field(description="Seconds from the start of the audio.")
     end: float
     confidence: float = Field(ge=0, le=1)
+    speaker: str | None = Field(
+        default=None, pattern=r"^SPEAKER_\d{2}$", description="With diarize=true: who said it."
+    )
+
+
+class SpeakerTurnOut(BaseModel):
+    speaker: str = Field(pattern=r"^SPEAKER_\d{2}$", description="SPEAKER_00 is the first to speak.")
+    text: str
+    start: float = Field(description="Seconds from the start of the audio.")
+    end: float
 
 
 class ListenResponse(BaseModel):
@@ -21,6 +31,9 @@ class ListenResponse(BaseModel):
     duration: float = Field(ge=0, description="Audio duration in seconds.")
     language: str
     words: list[WordOut] | None = Field(default=None, description="Only with timestamps=true.")
+    speakers: list[SpeakerTurnOut] | None = Field(
+        default=None, description="Only with diarize=true: consecutive words of one speaker."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -62,12 +75,14 @@ class CompatWord(BaseModel):
     word: str
     start: float
     end: float
+    speaker: str | None = Field(default=None, pattern=r"^speaker_\d+$", description="With diarize=true.")
 
 
 class CompatUtterance(BaseModel):
     text: str
     start: float
     end: float
+    speaker: str | None = Field(default=None, pattern=r"^speaker_\d+$", description="With diarize=true.")
 
 
 class CompatMetadata(BaseModel):

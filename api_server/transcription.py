@@ -101,8 +101,11 @@ async def audio_of(body: ListenBody, policy: FetchPolicy) -> bytes:
     return body.audio
 
 
-def listen_body(request_id: str, response: pb.TranscribeResponse, timestamps: bool) -> dict[str, Any]:
-    """The ``POST /v1/listen`` 200 body (also a completed job's ``result``)."""
+def listen_body(
+    request_id: str, response: pb.TranscribeResponse, timestamps: bool, diarize: bool = False
+) -> dict[str, Any]:
+    """The ``POST /v1/listen`` 200 body (also a completed job's ``result``). With diarize:
+    ``speakers`` segments, and ``speaker`` ("SPEAKER_00", ...) on each word."""
     body: dict[str, Any] = {
         "request_id": request_id,
         "text": response.text,
@@ -117,10 +120,26 @@ def listen_body(request_id: str, response: pb.TranscribeResponse, timestamps: bo
                 "start": round(w.start, 3),
                 "end": round(w.end, 3),
                 "confidence": round(w.confidence, 4),
+                **({"speaker": speaker_label(w.speaker)} if diarize and w.HasField("speaker") else {}),
             }
             for w in response.words
         ]
+    if diarize:
+        body["speakers"] = [
+            {
+                "speaker": speaker_label(s.speaker),
+                "text": s.text,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+            }
+            for s in response.speakers
+        ]
     return body
+
+
+def speaker_label(speaker: int) -> str:
+    """0 -> "SPEAKER_00": the documented labels, numbered by first appearance."""
+    return f"SPEAKER_{speaker:02d}"
 
 
 def check_container(audio: bytes) -> str:
@@ -222,7 +241,13 @@ class TranscriptionFlow:
         check_container(audio)
         response = await self.dispatcher.transcribe(
             audio,
-            WorkerOptions(language=options.language, punctuate=options.punctuate, timestamps=timestamps),
+            WorkerOptions(
+                language=options.language,
+                punctuate=options.punctuate,
+                timestamps=timestamps,
+                diarize=options.diarize,
+                num_speakers=options.num_speakers,
+            ),
             request_id,
         )
         record.audio_seconds = response.duration

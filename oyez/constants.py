@@ -19,6 +19,9 @@ MIN_SAMPLE_RATE = 8000
 SAMPLE_RATE = 16000
 SUPPORTED_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a")
 
+# Diarization: the most speakers num_speakers may ask for (API and worker).
+MAX_SPEAKERS = 32
+
 # Worker environment (names documented by the brief, honoured as given).
 ENV_MODEL_URL = "MODEL_URL"
 ENV_MODEL_SHA256 = "MODEL_SHA256"

@@ -10,8 +10,9 @@ and one speaker embedding per window; it returns speaker turns and per-word spea
      ``SAME_SPEAKER_SIMILARITY`` (0.62), and a cluster heard in a single window only joins its
      nearest neighbour (one short noise is not a speaker).
    - With ``num_speakers``: merging stops at that many clusters, except that clusters more similar
-     than ``SURELY_SAME_SPEAKER`` (0.70) are still merged: ``num_speakers=3`` on a one-person
-     recording stays one speaker; ``num_speakers`` is a ceiling that the audio must support.
+     than ``SURELY_SAME_SPEAKER`` (0.70) are still merged, and a single-window cluster whose centroid
+     is within ``LONE_WINDOW_SAME_SPEAKER`` (0.6) of another joins it: ``num_speakers=3`` on a
+     one-person recording stays one speaker; ``num_speakers`` is a ceiling the audio must support.
    The numbers were chosen on conversations built from the real clips in tests/data/speech (5
    speakers): thresholds 0.62 to 0.65 gave the same, lowest error; 0.60 merged two speakers;
    tests/integration/test_diarization.py and bench/RESULTS.md hold the measurements.
@@ -37,8 +38,8 @@ MAX_CLUSTER_ITEMS = 300
 SAME_SPEAKER_SIMILARITY = 0.62
 SURELY_SAME_SPEAKER = 0.70
 MIN_TURN_S = 0.5
-MIN_SPEAKER_WINDOWS = 2  # without num_speakers, a "speaker" heard in one window only (<~2 s) is noise
-MAX_SPEAKERS = 32
+MIN_SPEAKER_WINDOWS = 2  # a "speaker" heard in one window only (<~2 s) is usually noise...
+LONE_WINDOW_SAME_SPEAKER = 0.6  # ...and with num_speakers, merged when its centroid is this close
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -160,23 +161,29 @@ def cluster_windows(
     if len(items) < len(windows):
         # Pooled: every window goes to its nearest centroid, which keeps turn boundaries sharp.
         labels = np.argmax(unit @ centroids.T, axis=1).astype(np.int64)
-    if num_speakers is None:
-        labels = _drop_rare_speakers(unit, labels)
+    labels = _drop_rare_speakers(unit, labels, -1.0 if num_speakers is None else LONE_WINDOW_SAME_SPEAKER)
     _, dense = np.unique(labels, return_inverse=True)
     result: npt.NDArray[np.int64] = dense.astype(np.int64)
     return result
 
 
-def _drop_rare_speakers(unit: FloatArray, labels: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Windows of a cluster heard fewer than MIN_SPEAKER_WINDOWS times join the nearest other one."""
+def _drop_rare_speakers(
+    unit: FloatArray, labels: npt.NDArray[np.int64], min_similarity: float
+) -> npt.NDArray[np.int64]:
+    """A cluster heard in fewer than MIN_SPEAKER_WINDOWS windows joins the nearest other cluster when
+    its centroid is at least ``min_similarity`` from that cluster's."""
     counts = np.bincount(labels)
     keep = np.flatnonzero(counts >= MIN_SPEAKER_WINDOWS)
     if len(keep) == 0 or len(keep) == len(counts):
         return labels
     centroids = _normalise(np.stack([unit[labels == c].mean(axis=0) for c in keep]))
     moved = labels.copy()
-    rare = ~np.isin(labels, keep)
-    moved[rare] = keep[np.argmax(unit[rare] @ centroids.T, axis=1)]
+    for rare in np.flatnonzero(counts < MIN_SPEAKER_WINDOWS):
+        members = labels == rare
+        centre = _normalise(unit[members].mean(axis=0, keepdims=True))[0]
+        similarity = centroids @ centre
+        if similarity.max() >= min_similarity:
+            moved[members] = keep[int(np.argmax(similarity))]
     return moved
 
 

@@ -25,6 +25,7 @@ from asr_worker.engine.audio import decode_audio
 from asr_worker.engine.types import (
     Engine,
     Samples,
+    SpeakerSegment,
     StreamOptions,
     StreamResult,
     StreamSession,
@@ -118,7 +119,24 @@ async def _receive_upload(requests: AsyncIterator[pb.TranscribeRequest], limit: 
 
 
 def _words(words: Iterable[Word]) -> list[pb.Word]:
-    return [pb.Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence) for w in words]
+    return [
+        pb.Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence, speaker=w.speaker)
+        for w in words
+    ]
+
+
+def _speakers(segments: Iterable[SpeakerSegment]) -> list[pb.SpeakerSegment]:
+    return [pb.SpeakerSegment(speaker=s.speaker, text=s.text, start=s.start, end=s.end) for s in segments]
+
+
+def _num_speakers(options: pb.TranscriptionOptions) -> int | None:
+    if options.num_speakers > constants.MAX_SPEAKERS:
+        raise InvalidParameter(
+            f"num_speakers must be 1..{constants.MAX_SPEAKERS}, got {options.num_speakers}"
+        )
+    if options.num_speakers and not options.diarize:
+        raise InvalidParameter("num_speakers needs diarize=true")
+    return options.num_speakers or None
 
 
 def _punctuate(options: pb.TranscriptionOptions) -> bool:
@@ -132,6 +150,8 @@ def _transcribe_options(engine: Engine, config: pb.TranscribeConfig) -> Transcri
         language=engine.check_language(opts.language or "en"),
         punctuate=_punctuate(opts),
         timestamps=opts.timestamps,
+        diarize=opts.diarize,
+        num_speakers=_num_speakers(opts),
     )
 
 
@@ -169,6 +189,7 @@ def _transcribe_response(
         processing_seconds=processing,
         real_time_factor=rtf,
         model=model,
+        speakers=_speakers(transcript.speakers),
     )
 
 

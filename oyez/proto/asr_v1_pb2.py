@@ -24,31 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oyez/proto/asr_v1.proto\x12\x0boyez.asr.v1\"b\n\x14TranscriptionOptions\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x16\n\tpunctuate\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntimestamps\x18\x03 \x01(\x08\x42\x0c\n\n_punctuate\"o\n\x10TranscribeConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.oyez.asr.v1.TranscriptionOptions\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"f\n\x11TranscribeRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.oyez.asr.v1.TranscribeConfigH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"D\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\xd5\x01\n\x12TranscribeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x05words\x18\x03 \x03(\x0b\x32\x11.oyez.asr.v1.Word\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x1a\n\x12processing_seconds\x18\x07 \x01(\x01\x12\x18\n\x10real_time_factor\x18\x08 \x01(\x01\x12\r\n\x05model\x18\t \x01(\t\"\xde\x01\n\x0fStreamingConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.oyez.asr.v1.TranscriptionOptions\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.oyez.asr.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x16\n\x0e\x65ou_timeout_ms\x18\x05 \x01(\r\x12\x12\n\nvad_events\x18\x06 \x01(\x08\x12\x14\n\x0cresume_token\x18\x07 \x01(\x0c\"\x83\x01\n\x10StreamingRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.oyez.asr.v1.StreamingConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08\x66inalize\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05\x63lose\x18\x04 \x01(\x08H\x00\x42\t\n\x07payload\"\xad\x02\n\x11StreamingResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x0f\n\x07is_last\x18\x04 \x01(\x08\x12\x15\n\rfrom_finalize\x18\x05 \x01(\x08\x12\r\n\x05start\x18\x06 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x07 \x01(\x01\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12 \n\x05words\x18\t \x03(\x0b\x32\x11.oyez.asr.v1.Word\x12\x10\n\x08language\x18\n \x01(\t\x12\r\n\x05\x65vent\x18\x0b \x01(\t\x12\x12\n\nevent_time\x18\x0c \x01(\x01\x12\x14\n\x0cresume_token\x18\r \x01(\x0c\x12\x19\n\x11\x63ommitted_samples\x18\x0e \x01(\x04*J\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xb5\x01\n\tAsrWorker\x12O\n\nTranscribe\x12\x1e.oyez.asr.v1.TranscribeRequest\x1a\x1f.oyez.asr.v1.TranscribeResponse(\x01\x12W\n\x12StreamingRecognize\x12\x1d.oyez.asr.v1.StreamingRequest\x1a\x1e.oyez.asr.v1.StreamingResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oyez/proto/asr_v1.proto\x12\x0boyez.asr.v1\"\x89\x01\n\x14TranscriptionOptions\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x16\n\tpunctuate\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\ntimestamps\x18\x03 \x01(\x08\x12\x0f\n\x07\x64iarize\x18\x04 \x01(\x08\x12\x14\n\x0cnum_speakers\x18\x05 \x01(\rB\x0c\n\n_punctuate\"o\n\x10TranscribeConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.oyez.asr.v1.TranscriptionOptions\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"f\n\x11TranscribeRequest\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1d.oyez.asr.v1.TranscribeConfigH\x00\x12\x15\n\x0b\x61udio_chunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"f\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_speaker\"K\n\x0eSpeakerSegment\x12\x0f\n\x07speaker\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x01\"\x84\x02\n\x12TranscribeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12 \n\x05words\x18\x03 \x03(\x0b\x32\x11.oyez.asr.v1.Word\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x1a\n\x12processing_seconds\x18\x07 \x01(\x01\x12\x18\n\x10real_time_factor\x18\x08 \x01(\x01\x12\r\n\x05model\x18\t \x01(\t\x12-\n\x08speakers\x18\n \x03(\x0b\x32\x1b.oyez.asr.v1.SpeakerSegment\"\xde\x01\n\x0fStreamingConfig\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x32\n\x07options\x18\x02 \x01(\x0b\x32!.oyez.asr.v1.TranscriptionOptions\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.oyez.asr.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x04 \x01(\r\x12\x16\n\x0e\x65ou_timeout_ms\x18\x05 \x01(\r\x12\x12\n\nvad_events\x18\x06 \x01(\x08\x12\x14\n\x0cresume_token\x18\x07 \x01(\x0c\"\x83\x01\n\x10StreamingRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.oyez.asr.v1.StreamingConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08\x66inalize\x18\x03 \x01(\x08H\x00\x12\x0f\n\x05\x63lose\x18\x04 \x01(\x08H\x00\x42\t\n\x07payload\"\xeb\x02\n\x11StreamingResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntranscript\x18\x02 \x01(\t\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x0f\n\x07is_last\x18\x04 \x01(\x08\x12\x15\n\rfrom_finalize\x18\x05 \x01(\x08\x12\r\n\x05start\x18\x06 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x07 \x01(\x01\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12 \n\x05words\x18\t \x03(\x0b\x32\x11.oyez.asr.v1.Word\x12\x10\n\x08language\x18\n \x01(\t\x12\r\n\x05\x65vent\x18\x0b \x01(\t\x12\x12\n\nevent_time\x18\x0c \x01(\x01\x12\x14\n\x0cresume_token\x18\r \x01(\x0c\x12\x19\n\x11\x63ommitted_samples\x18\x0e \x01(\x04\x12\x14\n\x07speaker\x18\x0f \x01(\rH\x00\x88\x01\x01\x12\x1a\n\x12speaker_confidence\x18\x10 \x01(\x01\x42\n\n\x08_speaker*J\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08LINEAR16\x10\x01\x12\x0b\n\x07\x46LOAT32\x10\x02\x32\xb5\x01\n\tAsrWorker\x12O\n\nTranscribe\x12\x1e.oyez.asr.v1.TranscribeRequest\x1a\x1f.oyez.asr.v1.TranscribeResponse(\x01\x12W\n\x12StreamingRecognize\x12\x1d.oyez.asr.v1.StreamingRequest\x1a\x1e.oyez.asr.v1.StreamingResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oyez.proto.asr_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=1306
-  _globals['_AUDIOENCODING']._serialized_end=1380
-  _globals['_TRANSCRIPTIONOPTIONS']._serialized_start=40
-  _globals['_TRANSCRIPTIONOPTIONS']._serialized_end=138
-  _globals['_TRANSCRIBECONFIG']._serialized_start=140
-  _globals['_TRANSCRIBECONFIG']._serialized_end=251
-  _globals['_TRANSCRIBEREQUEST']._serialized_start=253
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=355
-  _globals['_WORD']._serialized_start=357
-  _globals['_WORD']._serialized_end=425
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=428
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=641
-  _globals['_STREAMINGCONFIG']._serialized_start=644
-  _globals['_STREAMINGCONFIG']._serialized_end=866
-  _globals['_STREAMINGREQUEST']._serialized_start=869
-  _globals['_STREAMINGREQUEST']._serialized_end=1000
-  _globals['_STREAMINGRESPONSE']._serialized_start=1003
-  _globals['_STREAMINGRESPONSE']._serialized_end=1304
-  _globals['_ASRWORKER']._serialized_start=1383
-  _globals['_ASRWORKER']._serialized_end=1564
+  _globals['_AUDIOENCODING']._serialized_start=1566
+  _globals['_AUDIOENCODING']._serialized_end=1640
+  _globals['_TRANSCRIPTIONOPTIONS']._serialized_start=41
+  _globals['_TRANSCRIPTIONOPTIONS']._serialized_end=178
+  _globals['_TRANSCRIBECONFIG']._serialized_start=180
+  _globals['_TRANSCRIBECONFIG']._serialized_end=291
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=293
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=395
+  _globals['_WORD']._serialized_start=397
+  _globals['_WORD']._serialized_end=499
+  _globals['_SPEAKERSEGMENT']._serialized_start=501
+  _globals['_SPEAKERSEGMENT']._serialized_end=576
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=579
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=839
+  _globals['_STREAMINGCONFIG']._serialized_start=842
+  _globals['_STREAMINGCONFIG']._serialized_end=1064
+  _globals['_STREAMINGREQUEST']._serialized_start=1067
+  _globals['_STREAMINGREQUEST']._serialized_end=1198
+  _globals['_STREAMINGRESPONSE']._serialized_start=1201
+  _globals['_STREAMINGRESPONSE']._serialized_end=1564
+  _globals['_ASRWORKER']._serialized_start=1643
+  _globals['_ASRWORKER']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

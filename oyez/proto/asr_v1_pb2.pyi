@@ -52,22 +52,32 @@ class TranscriptionOptions(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     PUNCTUATE_FIELD_NUMBER: _builtins.int
     TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    DIARIZE_FIELD_NUMBER: _builtins.int
+    NUM_SPEAKERS_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """ISO 639-1 code; empty means "en"."""
     punctuate: _builtins.bool
     """false: same words, without punctuation. Unset means true."""
     timestamps: _builtins.bool
     """true: fill `words` with per-word start, end and confidence."""
+    diarize: _builtins.bool
+    """true: who spoke when. Batch: `speakers` segments, and `speaker` on each word; streaming:
+    `speaker` and `speaker_confidence` on finals, labels stable for the session.
+    """
+    num_speakers: _builtins.int
+    """With diarize: the expected number of speakers (a ceiling the audio must support); 0 = find out."""
     def __init__(
         self,
         *,
         language: _builtins.str = ...,
         punctuate: _builtins.bool | None = ...,
         timestamps: _builtins.bool = ...,
+        diarize: _builtins.bool = ...,
+        num_speakers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate", "punctuate", b"punctuate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate", "language", b"language", "punctuate", b"punctuate", "timestamps", b"timestamps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate", "diarize", b"diarize", "language", b"language", "num_speakers", b"num_speakers", "punctuate", b"punctuate", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__punctuate: _TypeAlias = _typing.Literal["punctuate"]  # noqa: Y015
     _WhichOneofArgType__punctuate: _TypeAlias = _typing.Literal["_punctuate", b"_punctuate"]  # noqa: Y015
@@ -135,10 +145,13 @@ class Word(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
     word: _builtins.str
     start: _builtins.float
     end: _builtins.float
     confidence: _builtins.float
+    speaker: _builtins.int
+    """With diarize: the speaker (0, 1, ... in order of first appearance)."""
     def __init__(
         self,
         *,
@@ -146,14 +159,47 @@ class Word(_message.Message):
         start: _builtins.float = ...,
         end: _builtins.float = ...,
         confidence: _builtins.float = ...,
+        speaker: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "speaker", b"speaker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "confidence", b"confidence", "end", b"end", "speaker", b"speaker", "start", b"start", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
+    _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speaker) -> _WhichOneofReturnType__speaker | None: ...
+
+Global___Word: _TypeAlias = Word  # noqa: Y015
+
+@_typing.final
+class SpeakerSegment(_message.Message):
+    """With diarize: consecutive words of one speaker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    speaker: _builtins.int
+    text: _builtins.str
+    start: _builtins.float
+    end: _builtins.float
+    def __init__(
+        self,
+        *,
+        speaker: _builtins.int = ...,
+        text: _builtins.str = ...,
+        start: _builtins.float = ...,
+        end: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "end", b"end", "start", b"start", "word", b"word"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "speaker", b"speaker", "start", b"start", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Word: _TypeAlias = Word  # noqa: Y015
+Global___SpeakerSegment: _TypeAlias = SpeakerSegment  # noqa: Y015
 
 @_typing.final
 class TranscribeResponse(_message.Message):
@@ -168,6 +214,7 @@ class TranscribeResponse(_message.Message):
     PROCESSING_SECONDS_FIELD_NUMBER: _builtins.int
     REAL_TIME_FACTOR_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    SPEAKERS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     text: _builtins.str
     confidence: _builtins.float
@@ -180,6 +227,8 @@ class TranscribeResponse(_message.Message):
     model: _builtins.str
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]: ...
+    @_builtins.property
+    def speakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpeakerSegment]: ...
     def __init__(
         self,
         *,
@@ -192,10 +241,11 @@ class TranscribeResponse(_message.Message):
         processing_seconds: _builtins.float = ...,
         real_time_factor: _builtins.float = ...,
         model: _builtins.str = ...,
+        speakers: _abc.Iterable[Global___SpeakerSegment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "duration", b"duration", "language", b"language", "model", b"model", "processing_seconds", b"processing_seconds", "real_time_factor", b"real_time_factor", "request_id", b"request_id", "text", b"text", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "duration", b"duration", "language", b"language", "model", b"model", "processing_seconds", b"processing_seconds", "real_time_factor", b"real_time_factor", "request_id", b"request_id", "speakers", b"speakers", "text", b"text", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +344,8 @@ class StreamingResponse(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     COMMITTED_SAMPLES_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    SPEAKER_CONFIDENCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     transcript: _builtins.str
     is_final: _builtins.bool
@@ -314,6 +366,9 @@ class StreamingResponse(_message.Message):
     committed end of the audio in 16 kHz samples since the stream began.
     """
     committed_samples: _builtins.int
+    speaker: _builtins.int
+    """With diarize, on finals: the speaker of the utterance (stable for the session) and how sure."""
+    speaker_confidence: _builtins.float
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]: ...
     def __init__(
@@ -333,11 +388,15 @@ class StreamingResponse(_message.Message):
         event_time: _builtins.float = ...,
         resume_token: _builtins.bytes = ...,
         committed_samples: _builtins.int = ...,
+        speaker: _builtins.int | None = ...,
+        speaker_confidence: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "speaker", b"speaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_samples", b"committed_samples", "confidence", b"confidence", "end", b"end", "event", b"event", "event_time", b"event_time", "from_finalize", b"from_finalize", "is_final", b"is_final", "is_last", b"is_last", "language", b"language", "request_id", b"request_id", "resume_token", b"resume_token", "start", b"start", "transcript", b"transcript", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "committed_samples", b"committed_samples", "confidence", b"confidence", "end", b"end", "event", b"event", "event_time", b"event_time", "from_finalize", b"from_finalize", "is_final", b"is_final", "is_last", b"is_last", "language", b"language", "request_id", b"request_id", "resume_token", b"resume_token", "speaker", b"speaker", "speaker_confidence", b"speaker_confidence", "start", b"start", "transcript", b"transcript", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
+    _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speaker) -> _WhichOneofReturnType__speaker | None: ...
 
 Global___StreamingResponse: _TypeAlias = StreamingResponse  # noqa: Y015

@@ -277,8 +277,12 @@ def test_missing_and_conflicting_sources(client: httpx.Client, stack: ApiStack) 
         ({"json": {"url": "https://example.com/a.wav", "speed": 2}}, "INVALID_PARAMETER"),
         ({"json": {"url": "https://example.com/a.wav", "punctuate": "maybe"}}, "INVALID_PARAMETER"),
         ({"json": {"url": "https://example.com/a.wav", "language": "english!"}}, "INVALID_PARAMETER"),
-        ({"json": {"url": "https://example.com/a.wav", "diarize": True}}, "FEATURE_NOT_AVAILABLE"),
-        ({"json": {"url": "https://example.com/a.wav", "num_speakers": 2}}, "FEATURE_NOT_AVAILABLE"),
+        ({"json": {"url": "https://example.com/a.wav", "num_speakers": 2}}, "INVALID_PARAMETER"),
+        (
+            {"json": {"url": "https://example.com/a.wav", "diarize": True, "num_speakers": 0}},
+            "INVALID_PARAMETER",
+        ),
+        ({"json": {"url": "https://example.com/a.wav", "diarize": "often"}}, "INVALID_PARAMETER"),
         (
             # a callback to a cloud metadata address is refused by the SSRF guard at submit time
             {"json": {"url": "https://example.com/a.wav", "callback_url": "http://169.254.169.254/h"}},

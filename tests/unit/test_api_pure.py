@@ -118,10 +118,20 @@ def test_bad_options_say_what_to_fix(raw: dict[str, object], message: str) -> No
     assert message in caught.value.message
 
 
-@pytest.mark.parametrize("raw", [{"diarize": "true"}, {"num_speakers": "2"}, {"language": "auto"}])
-def test_features_not_in_this_release(raw: dict[str, object]) -> None:
+def test_language_detection_is_not_in_this_release() -> None:
     with pytest.raises(FeatureNotAvailable):
-        parse_listen_options(raw)
+        parse_listen_options({"language": "auto"})
+
+
+def test_diarize_and_num_speakers() -> None:
+    parsed = parse_listen_options({"diarize": "true", "num_speakers": "3"})
+    assert (parsed.diarize, parsed.num_speakers) == (True, 3)
+    assert "diarization" in parsed.features()
+    assert parse_listen_options({"diarize": "true"}).num_speakers is None
+    with pytest.raises(InvalidParameter, match="num_speakers needs diarize=true"):
+        parse_listen_options({"num_speakers": "2"})
+    with pytest.raises(InvalidParameter, match="num_speakers must be a whole number from 1 to 32"):
+        parse_listen_options({"diarize": "true", "num_speakers": "33"})
 
 
 def test_callback_url_is_accepted_and_needs_the_callbacks_feature() -> None:
@@ -288,8 +298,8 @@ def test_compat_options() -> None:
     }
     with pytest.raises(InvalidParameter, match="unknown parameter"):
         compat_options({"wordtimestamps": "true"})
-    with pytest.raises(FeatureNotAvailable):
-        compat_options({"diarize": "true"})
+    diarized, _ = compat_options({"diarize": "true"})
+    assert diarized.diarize
 
 
 def test_utterances_split_on_sentence_end_and_pause() -> None:
