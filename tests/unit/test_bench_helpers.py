@@ -117,3 +117,11 @@ def test_tables_and_results_file_keep_the_hand_written_tail(tmp_path: Path) -> N
     text = out.read_text()
     assert "second" in text and "first" not in text
     assert text.split(END, 1)[1].count("My reading") == 1
+
+
+def test_the_diarization_bench_conversation_alternates_two_real_speakers() -> None:
+    from bench.diarization import SAMPLE_RATE, conversation
+
+    audio = conversation(20.0)
+    assert audio.dtype == np.float32 and len(audio) == 20 * SAMPLE_RATE
+    assert float(np.abs(audio).max()) > 0.05, "real speech, not silence"
