@@ -19,7 +19,6 @@ import contextlib
 import copy
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import yaml
 
 from oyez import __version__
 from oyez_operator.render_common import default_images
+from tests.service_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_CONFIG = ROOT / "tests" / "e2e" / "kind-config.yaml"
@@ -84,12 +84,6 @@ def speechdeployment_manifest(public_key: str) -> dict[str, Any]:
 
 def api_service_name(manifest: dict[str, Any]) -> str:
     return f"{manifest['metadata']['name']}-api-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class StepFailed(RuntimeError):
