@@ -156,10 +156,10 @@ def cluster_windows(
     items, owner = _pool(windows, unit, MAX_CLUSTER_ITEMS)
     item_labels = agglomerate(items, num_speakers)
     labels = item_labels[np.array(owner)]
-    k = int(labels.max()) + 1
-    centroids = _normalise(np.stack([unit[labels == c].mean(axis=0) for c in range(k)]))
     if len(items) < len(windows):
         # Pooled: every window goes to its nearest centroid, which keeps turn boundaries sharp.
+        k = int(labels.max()) + 1
+        centroids = _normalise(np.stack([unit[labels == c].mean(axis=0) for c in range(k)]))
         labels = np.argmax(unit @ centroids.T, axis=1).astype(np.int64)
     labels = _drop_rare_speakers(unit, labels, -1.0 if num_speakers is None else LONE_WINDOW_SAME_SPEAKER)
     _, dense = np.unique(labels, return_inverse=True)

@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 
 from .diarization import (
-    FRAME_S,
-    WINDOW_FRAMES,
     Turn,
     cluster_windows,
     plan_speaker_windows,
     speaker_turns,
 )
-from .speaker_features import MEL_CHANNELS, normalize_volume, speaker_mels
+from .speaker_features import normalize_volume, speaker_mels
 from .types import Samples
 
 BATCH = 64
@@ -69,10 +67,7 @@ class Diarizer:
             crop = mels[window.start : window.end]
             if crop.shape[0] < window.end - window.start:  # the file ends inside the window
                 crop = np.pad(crop, ((0, window.end - window.start - crop.shape[0]), (0, 0)))
-            crops.append(crop.reshape(-1, MEL_CHANNELS))
+            crops.append(crop)
         embeddings = self._encoder.embed(crops)
         labels = cluster_windows(windows, embeddings, num_speakers)
         return speaker_turns(regions, windows, labels)
-
-
-__all__ = ["FRAME_S", "WINDOW_FRAMES", "Diarizer", "SpeakerEncoder"]
