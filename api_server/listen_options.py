@@ -70,7 +70,8 @@ def parse_language(value: object) -> str:
     return code
 
 
-def _parse_speakers(value: object) -> int:
+def parse_num_speakers(value: object) -> int:
+    """``num_speakers``: a whole number 1..MAX_SPEAKERS (an int, or its digits in a string)."""
     number: int | None = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -111,7 +112,7 @@ def parse_listen_options(raw: Mapping[str, object]) -> ListenOptions:
         language=parse_language(raw["language"]) if "language" in raw else "en",
         punctuate=parse_bool("punctuate", raw["punctuate"]) if "punctuate" in raw else True,
         diarize=parse_bool("diarize", raw["diarize"]) if "diarize" in raw else False,
-        num_speakers=_parse_speakers(raw["num_speakers"])
+        num_speakers=parse_num_speakers(raw["num_speakers"])
         if raw.get("num_speakers") not in (None, "")
         else None,
         timestamps=parse_bool("timestamps", raw["timestamps"]) if "timestamps" in raw else False,

@@ -165,7 +165,11 @@ class StreamBridge:
             config=pb.StreamingConfig(
                 request_id=self._request_id,
                 options=pb.TranscriptionOptions(
-                    language=p.language, punctuate=p.punctuate, timestamps=p.needs_word_times
+                    language=p.language,
+                    punctuate=p.punctuate,
+                    timestamps=p.needs_word_times,
+                    diarize=p.diarize,
+                    num_speakers=p.num_speakers or 0,
                 ),
                 encoding=pb.FLOAT32 if p.worker_float else pb.LINEAR16,
                 sample_rate=p.worker_rate,
@@ -300,17 +304,12 @@ class StreamBridge:
             "end": round(response.end, 3),
             "confidence": round(response.confidence, 4),
         }
-        words = [
-            {
-                "word": w.word,
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "confidence": round(w.confidence, 4),
-            }
-            for w in response.words
-        ]
+        words = [_word(w, with_speaker=p.diarize and response.is_final) for w in response.words]
         if p.word_timestamps:
             body["words"] = words
+        if p.diarize and response.is_final and response.HasField("speaker"):
+            body["speaker"] = response.speaker
+            body["speaker_confidence"] = round(response.speaker_confidence, 3)
         if response.is_final:
             body["language"] = response.language or p.language
             body["languages"] = [body["language"]]
@@ -319,3 +318,16 @@ class StreamBridge:
             if p.full_transcript:
                 body["full_transcript"] = " ".join(t.strip() for t in self._finals if t.strip())
         return body
+
+
+def _word(word: pb.Word, *, with_speaker: bool) -> dict[str, Any]:
+    shaped: dict[str, Any] = {
+        "word": word.word,
+        "start": round(word.start, 3),
+        "end": round(word.end, 3),
+        "confidence": round(word.confidence, 4),
+    }
+    if with_speaker and word.HasField("speaker"):
+        shaped["speaker"] = word.speaker
+        shaped["speaker_confidence"] = round(word.speaker_confidence, 3)
+    return shaped

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from api_server.errors import FeatureNotAvailable
-from api_server.listen_options import parse_bool, parse_language
+from api_server.listen_options import parse_bool, parse_language, parse_num_speakers
 from api_server.opus_stream import OggOpusDecoder, OpusDecoder
 from oyez.errors import InvalidParameter
 
@@ -28,6 +27,7 @@ KNOWN_PARAMS = (
     "word_timestamps",
     "sentence_timestamps",
     "diarize",
+    "num_speakers",
     "full_transcript",
     "punctuate",
     "eou_timeout_ms",
@@ -46,6 +46,8 @@ class StreamParams:
     punctuate: bool = True
     eou_timeout_ms: int = 800
     vad_events: bool = False
+    diarize: bool = False
+    num_speakers: int | None = None  # an Oyez extension: at most this many speakers in the session
 
     @property
     def worker_rate(self) -> int:
@@ -72,6 +74,8 @@ class StreamParams:
             used.append("timestamps")
         if self.punctuate:
             used.append("punctuation")
+        if self.diarize:
+            used.append("diarization")
         return used
 
 
@@ -99,11 +103,14 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
     eou = _int("eou_timeout_ms", query.get("eou_timeout_ms", "800"))
     if not EOU_RANGE_MS[0] <= eou <= EOU_RANGE_MS[1]:
         raise InvalidParameter(f"eou_timeout_ms must be {EOU_RANGE_MS[0]}..{EOU_RANGE_MS[1]}, got {eou}")
-    if parse_bool("diarize", query.get("diarize", "false")):
-        raise FeatureNotAvailable("diarize=true is not available in this release")
 
     def flag(name: str, default: str = "false") -> bool:
         return parse_bool(name, query.get(name, default))
+
+    diarize = flag("diarize")
+    num_speakers = parse_num_speakers(query["num_speakers"]) if "num_speakers" in query else None
+    if num_speakers is not None and not diarize:
+        raise InvalidParameter("num_speakers needs diarize=true (it caps the speakers of the session)")
 
     return StreamParams(
         language=parse_language(query.get("language", "en")),
@@ -115,6 +122,8 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
         punctuate=flag("punctuate", "true"),
         eou_timeout_ms=eou,
         vad_events=flag("vad_events"),
+        diarize=diarize,
+        num_speakers=num_speakers,
     )
 
 

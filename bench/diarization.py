@@ -6,11 +6,18 @@ length asked for. Each model transcribes it without diarization (the baseline, s
 ``diarize=true``, and with ``diarize=true, num_speakers=2``; the speaker pipeline alone (VAD regions
 -> embeddings -> clustering -> turns) is also timed on its own. Wall and process CPU seconds per
 audio minute are the median of ``--repeats`` runs. Prints a markdown table.
+
+Streams (``--runs stream``): the same conversation is pushed through a live stream in 100 ms
+frames, as fast as the engine takes it, with word timestamps, without and with ``diarize`` (the
+baseline is the plain stream, same run). Besides seconds per audio minute, the table gives the
+time of the pushes that returned a final (the latency a final adds: decoding it, and with
+``diarize`` its speaker windows), median and 90th percentile over the conversation's finals.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import statistics
@@ -22,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from asr_worker.engine.transcriber import EngineConfig, WhisperEngine
-from asr_worker.engine.types import TranscribeOptions
+from asr_worker.engine.types import StreamOptions, TranscribeOptions
 from asr_worker.model.build import build_model
 from tests.speech_data import speech_clip
 
@@ -86,11 +93,55 @@ def bench_model(model: str, audio: np.ndarray, minutes: float, repeats: int) -> 
     return rows
 
 
+async def _stream_once(engine: WhisperEngine, audio: np.ndarray, options: StreamOptions) -> list[float]:
+    """Push ``audio`` through a stream in 100 ms frames; the seconds of each push that gave a final."""
+    session = engine.open_stream(options)
+    final_pushes = []
+    frame = SAMPLE_RATE // 10
+    for offset in range(0, audio.size, frame):
+        started = time.perf_counter()
+        results = await session.push(audio[offset : offset + frame])
+        if any(r.is_final for r in results):
+            final_pushes.append(time.perf_counter() - started)
+    await session.close()
+    return final_pushes
+
+
+def bench_stream(model: str, audio: np.ndarray, minutes: float, repeats: int) -> list[str]:
+    engine = WhisperEngine(build_model(model, progress=False), EngineConfig(max_batch=8))
+    rows = []
+    try:
+        engine.warmup()
+        baseline = 0.0
+        for name, options in {
+            "stream (baseline)": StreamOptions(timestamps=True),
+            "stream + diarize": StreamOptions(timestamps=True, diarize=True),
+        }.items():
+            pushes: list[float] = []
+
+            def run(options: StreamOptions = options, pushes: list[float] = pushes) -> None:
+                pushes[:] = asyncio.run(_stream_once(engine, audio, options))
+
+            wall, cpu = measure(run, repeats)
+            wall_min, cpu_min = wall / minutes, cpu / minutes
+            added = "" if name == "stream (baseline)" else f"{wall_min - baseline:+.2f}"
+            baseline = wall_min if name == "stream (baseline)" else baseline
+            median, p90 = statistics.median(pushes), float(np.percentile(pushes, 90))
+            rows.append(
+                f"| {model} | {name} | {wall_min:.2f} | {cpu_min:.2f} | {added} | {len(pushes)} "
+                f"| {median * 1000:.0f} | {p90 * 1000:.0f} |"
+            )
+    finally:
+        engine.close()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["whisper-tiny.en", "whisper-base"])
     parser.add_argument("--seconds", type=float, default=120.0, help="conversation length")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", nargs="+", choices=["batch", "stream"], default=["batch", "stream"])
     args = parser.parse_args()
 
     audio = conversation(args.seconds)
@@ -99,11 +150,22 @@ def main() -> int:
         f"Diarization cost: {minutes:.1f} min two-speaker conversation, median of {args.repeats}; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n"
     )
-    print("| model | run | wall s / audio min | CPU s / audio min | added wall s / audio min |")
-    print("|---|---|---|---|---|")
-    for model in args.models:
-        for row in bench_model(model, audio, minutes, args.repeats):
-            print(row)
+    if "batch" in args.runs:
+        print("| model | run | wall s / audio min | CPU s / audio min | added wall s / audio min |")
+        print("|---|---|---|---|---|")
+        for model in args.models:
+            for row in bench_model(model, audio, minutes, args.repeats):
+                print(row)
+        print()
+    if "stream" in args.runs:
+        print(
+            "| model | run | wall s / audio min | CPU s / audio min | added wall s / audio min "
+            "| finals | final push median ms | final push p90 ms |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for model in args.models:
+            for row in bench_stream(model, audio, minutes, args.repeats):
+                print(row)
     return 0
 
 

@@ -124,6 +124,10 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     source.add_argument("--url", help="let the server fetch this URL instead")
     client.add_argument("--timestamps", action="store_true", help="per-word start, end and confidence")
     client.add_argument("--no-punctuate", action="store_true")
+    client.add_argument("--diarize", action="store_true", help="say who spoke (turns; live: per final)")
+    client.add_argument(
+        "--num-speakers", type=int, metavar="N", help="with --diarize: the expected (at most) speakers"
+    )
     client.add_argument("--language", default="en")
     client.add_argument("--json", action="store_true", help="print the JSON response")
     client.add_argument("--server", help="API base URL (default: $OYEZ_SERVER or http://localhost:7100)")

@@ -68,11 +68,16 @@ def resolve_key(arg: str | None, env: Mapping[str, str], state_dir: Path) -> str
 
 
 def listen_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "timestamps": bool(args.timestamps),
         "punctuate": not args.no_punctuate,
         "language": args.language,
     }
+    if getattr(args, "diarize", False):
+        options["diarize"] = True
+    if getattr(args, "num_speakers", None) is not None:
+        options["num_speakers"] = args.num_speakers  # the server says so if diarize is missing
+    return options
 
 
 def form_value(value: Any) -> str:
@@ -220,7 +225,18 @@ def format_result(body: Mapping[str, Any], *, as_json: bool, timestamps: bool) -
         return json.dumps(body, indent=2, ensure_ascii=False)
     words = body.get("words")
     if timestamps and isinstance(words, list):
-        return "\n".join(f"{word['start']:.2f}-{word['end']:.2f} {word['word']}" for word in words)
+        return "\n".join(
+            f"{word['start']:.2f}-{word['end']:.2f} "
+            + (f"{word['speaker']}: " if "speaker" in word else "")
+            + str(word["word"])
+            for word in words
+        )
+    speakers = body.get("speakers")
+    if isinstance(speakers, list) and speakers:
+        return "\n".join(
+            f"[{turn['start']:7.2f}-{turn['end']:7.2f}] {turn['speaker']}: {turn['text']}"
+            for turn in speakers
+        )
     return str(body.get("text", ""))
 
 

@@ -54,6 +54,10 @@ def stream_url(server: str, rate: int, args: argparse.Namespace) -> str:
         "punctuate": "false" if args.no_punctuate else "true",
         "word_timestamps": "true" if args.timestamps else "false",
     }
+    if getattr(args, "diarize", False):
+        params["diarize"] = "true"
+    if getattr(args, "num_speakers", None) is not None:
+        params["num_speakers"] = str(args.num_speakers)
     base = server.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     return f"{base}/v1/listen/stream?{urlencode(params)}"
 
@@ -68,7 +72,8 @@ def format_message(message: dict[str, Any], tty: bool) -> str | None:
     if not message.get("is_final"):
         return f"\r… {text}" if tty else f"~ {text}"
     span = f"[{message.get('start', 0):7.2f}-{message.get('end', 0):7.2f}]"
-    return ("\r\033[K" if tty else "") + f"{span} {text}"
+    who = f" SPEAKER_{message['speaker']:02d}:" if isinstance(message.get("speaker"), int) else ""
+    return ("\r\033[K" if tty else "") + f"{span}{who} {text}"
 
 
 def stream_file(path: Path, server: str, key: str, args: argparse.Namespace) -> int:

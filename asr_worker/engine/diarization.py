@@ -80,7 +80,7 @@ def plan_speaker_windows(regions: Sequence[tuple[float, float]]) -> list[Speaker
     return windows
 
 
-def _normalise(vectors: FloatArray) -> FloatArray:
+def normalise(vectors: FloatArray) -> FloatArray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     normalised: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
     return normalised
@@ -103,7 +103,7 @@ def _pool(
                 owner += [len(items) - 1] * (i - run_start)
                 run_start = i
         if len(items) <= limit:
-            return _normalise(np.stack(items)), owner
+            return normalise(np.stack(items)), owner
         group += 1
 
 
@@ -152,22 +152,22 @@ def cluster_windows(
     """A speaker label per window."""
     if not windows:
         return np.zeros(0, dtype=np.int64)
-    unit = _normalise(embeddings)
+    unit = normalise(embeddings)
     items, owner = _pool(windows, unit, MAX_CLUSTER_ITEMS)
     item_labels = agglomerate(items, num_speakers)
     labels = item_labels[np.array(owner)]
     if len(items) < len(windows):
         # Pooled: every window goes to its nearest centroid, which keeps turn boundaries sharp.
         k = int(labels.max()) + 1
-        centroids = _normalise(np.stack([unit[labels == c].mean(axis=0) for c in range(k)]))
+        centroids = normalise(np.stack([unit[labels == c].mean(axis=0) for c in range(k)]))
         labels = np.argmax(unit @ centroids.T, axis=1).astype(np.int64)
-    labels = _drop_rare_speakers(unit, labels, -1.0 if num_speakers is None else LONE_WINDOW_SAME_SPEAKER)
+    labels = drop_rare_speakers(unit, labels, -1.0 if num_speakers is None else LONE_WINDOW_SAME_SPEAKER)
     _, dense = np.unique(labels, return_inverse=True)
     result: npt.NDArray[np.int64] = dense.astype(np.int64)
     return result
 
 
-def _drop_rare_speakers(
+def drop_rare_speakers(
     unit: FloatArray, labels: npt.NDArray[np.int64], min_similarity: float
 ) -> npt.NDArray[np.int64]:
     """A cluster heard in fewer than MIN_SPEAKER_WINDOWS windows joins the nearest other cluster when
@@ -176,11 +176,11 @@ def _drop_rare_speakers(
     keep = np.flatnonzero(counts >= MIN_SPEAKER_WINDOWS)
     if len(keep) == 0 or len(keep) == len(counts):
         return labels
-    centroids = _normalise(np.stack([unit[labels == c].mean(axis=0) for c in keep]))
+    centroids = normalise(np.stack([unit[labels == c].mean(axis=0) for c in keep]))
     moved = labels.copy()
     for rare in np.flatnonzero(counts < MIN_SPEAKER_WINDOWS):
         members = labels == rare
-        centre = _normalise(unit[members].mean(axis=0, keepdims=True))[0]
+        centre = normalise(unit[members].mean(axis=0, keepdims=True))[0]
         similarity = centroids @ centre
         if similarity.max() >= min_similarity:
             moved[members] = keep[int(np.argmax(similarity))]
@@ -188,9 +188,14 @@ def _drop_rare_speakers(
 
 
 def speaker_turns(
-    regions: Sequence[tuple[float, float]], windows: Sequence[SpeakerWindow], labels: npt.NDArray[np.int64]
+    regions: Sequence[tuple[float, float]],
+    windows: Sequence[SpeakerWindow],
+    labels: npt.NDArray[np.int64],
+    *,
+    renumber: bool = True,
 ) -> list[Turn]:
-    """Turns over the speech regions; speakers numbered by first appearance."""
+    """Turns over the speech regions; speakers numbered by first appearance unless ``renumber`` is
+    false (a stream's labels are the session's)."""
     by_region: dict[int, list[int]] = {}
     for index, window in enumerate(windows):
         by_region.setdefault(window.region, []).append(index)
@@ -211,7 +216,8 @@ def speaker_turns(
         bounds = [0, *changes.tolist(), len(frame_labels)]
         for lo, hi in itertools.pairwise(bounds):
             raw.append(Turn(int(frame_labels[lo]), (start + lo) * FRAME_S, (start + hi) * FRAME_S))
-    return _renumber(_absorb_short(_fill_unknown(raw)))
+    turns = _absorb_short(_fill_unknown(raw))
+    return _renumber(turns) if renumber else turns
 
 
 def _fill_unknown(turns: list[Turn]) -> list[Turn]:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from .diarization import (
+    WINDOW_FRAMES,
+    SpeakerWindow,
     Turn,
     cluster_windows,
     plan_speaker_windows,
@@ -61,13 +63,21 @@ class Diarizer:
         windows = plan_speaker_windows(regions)
         if not windows:
             return speaker_turns(regions, windows, np.zeros(0, dtype=np.int64))
+        embeddings = self.embed_windows(samples, windows)
+        labels = cluster_windows(windows, embeddings, num_speakers)
+        return speaker_turns(regions, windows, labels)
+
+    def embed_windows(self, samples: Samples, windows: Sequence[SpeakerWindow]) -> np.ndarray:
+        """One embedding per window of ``samples`` (16 kHz); a window past the end is zero-padded."""
         mels = speaker_mels(normalize_volume(samples))
         crops = []
         for window in windows:
             crop = mels[window.start : window.end]
-            if crop.shape[0] < window.end - window.start:  # the file ends inside the window
+            if crop.shape[0] < window.end - window.start:  # the audio ends inside the window
                 crop = np.pad(crop, ((0, window.end - window.start - crop.shape[0]), (0, 0)))
             crops.append(crop)
-        embeddings = self._encoder.embed(crops)
-        labels = cluster_windows(windows, embeddings, num_speakers)
-        return speaker_turns(regions, windows, labels)
+        return self._encoder.embed(crops)
+
+    def warm(self) -> None:
+        """Run the encoder once, so the first diarized request does not pay for initialisation."""
+        self._encoder.embed([np.zeros((WINDOW_FRAMES, 40), dtype=np.float32)])

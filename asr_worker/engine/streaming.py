@@ -6,19 +6,28 @@ time), the pending utterance is decoded and sent as an interim. When VAD hears s
 for ``eou_timeout_ms`` after speech, on ``finalize``, on ``close`` or when the pending audio nears
 the 30 s window, it is decoded one last time and sent as a final; that text is committed and never
 sent again. Decoding goes through the engine's batcher, so streams and files share batches.
+
+With ``diarize``, each final's speech (the VAD's regions within it) is also cut into speaker windows,
+embedded while the text decodes, and labelled with the session's speakers (see
+:mod:`.speaker_tracking`): the final carries the speaker of most of its speech, and its words their
+own speaker (so a quick exchange without a pause is still split).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .segmenter import VadConfig
+from .diarization import MIN_WINDOW_FRAMES, SpeakerWindow, Turn, plan_speaker_windows, speaker_turns
+from .segmenter import VadConfig, speech_regions
+from .speaker_tracking import SessionSpeakers, main_speaker
+from .speaker_words import attribute_speakers
 from .stream_checkpoint import StreamCheckpoint, unpack_checkpoint
-from .types import Samples, StreamOptions, StreamResult, TranscribeOptions
+from .types import Samples, StreamOptions, StreamResult, TranscribeOptions, Word
 from .vad import CHUNK
 
 if TYPE_CHECKING:
@@ -53,6 +62,13 @@ class WhisperStream:
         self._vad_position = 0  # samples the VAD has judged since the stream began
         self._in_speech = False  # for vad_events: inside a speech segment
         self._unjudged_skip = 0  # after a resume: replayed samples the VAD already judged
+        # Speech probability of each VAD chunk from the one holding the pending start on: where the
+        # speech lies in a final, for its speaker windows.
+        self._probabilities: list[float] = []
+        self._probabilities_start = 0  # stream position of the first; a multiple of CHUNK
+        self._speakers = SessionSpeakers(options.num_speakers)
+        if options.diarize:
+            engine.require_diarizer()
         if options.resume_token:
             self._resume(unpack_checkpoint(options.resume_token))
 
@@ -62,10 +78,21 @@ class WhisperStream:
         self._pending_start = checkpoint.committed_samples
         self._unjudged_skip = checkpoint.vad_samples - checkpoint.committed_samples
         self._in_speech = checkpoint.in_speech
+        self._probabilities = checkpoint.speech_probabilities.tolist()
+        self._probabilities_start = checkpoint.probabilities_start
+        self._speakers = SessionSpeakers(self._options.num_speakers, checkpoint.speakers)
 
     def _checkpoint(self) -> StreamCheckpoint:
         state, context = self._vad.snapshot()
-        return StreamCheckpoint(self._pending_start, self._vad_position, self._in_speech, state, context)
+        return StreamCheckpoint(
+            self._pending_start,
+            self._vad_position,
+            self._in_speech,
+            state,
+            context,
+            np.array(self._probabilities, dtype=np.float32),
+            tuple(self._speakers.profiles),
+        )
 
     async def push(self, samples: Samples) -> list[StreamResult]:
         if self._closed:
@@ -82,6 +109,7 @@ class WhisperStream:
         # the same audio gives the same finals however the client frames it (and a replay on
         # another worker, framed differently, gives the same finals too).
         for prob in self._vad.push(samples):
+            self._probabilities.append(float(prob))
             if prob >= self._vad_config.threshold:
                 self._speech_seen, self._silence_run = True, 0
                 if not self._in_speech:
@@ -148,11 +176,29 @@ class WhisperStream:
             self._pending = self._pending[excess:]
             self._pending_start += excess
             self._since_interim = 0
+            self._forget_probabilities()
+
+    def _forget_probabilities(self) -> None:
+        """Drop the probabilities of chunks that end before the pending start."""
+        done = (self._pending_start - self._probabilities_start) // CHUNK
+        if done > 0:
+            del self._probabilities[:done]
+            self._probabilities_start += done * CHUNK
 
     async def _commit(self, cut: int, *, from_finalize: bool, is_last: bool) -> StreamResult:
         audio = self._pending[:cut]
+        result: StreamResult
         if self._speech_seen and audio.shape[0] > 0:
-            result = await self._decode(audio, is_final=True, from_finalize=from_finalize, is_last=is_last)
+            decoding = self._decode(audio, is_final=True, from_finalize=from_finalize, is_last=is_last)
+            if self._options.diarize:
+                regions = self._speech_in(cut)
+                embedding = asyncio.to_thread(self._embed, audio, regions)
+                decoded, (windows, embeddings) = await asyncio.gather(decoding, embedding)
+                result = decoded
+                if result.text:  # a cough or a click is not a voice to learn
+                    result = self._label_speakers(result, regions, windows, embeddings)
+            else:
+                result = await decoding
         else:
             now = self._pending_start / SAMPLE_RATE
             result = StreamResult(
@@ -166,6 +212,7 @@ class WhisperStream:
             )
         self._pending = self._pending[cut:]
         self._pending_start += cut
+        self._forget_probabilities()
         self._speech_seen = False
         self._silence_run = 0
         self._since_interim = 0
@@ -191,3 +238,57 @@ class WhisperStream:
             words=piece.words,
             language=self._language,
         )
+
+    # --- diarization ------------------------------------------------------------------------
+    def _speech_in(self, cut: int) -> list[tuple[float, float]]:
+        """The VAD's speech regions in the first ``cut`` pending samples (seconds from the pending
+        start), by the same hysteresis and padding as files."""
+        base_offset = self._pending_start - self._probabilities_start
+        span = base_offset + cut
+        probabilities = np.array(self._probabilities[: -(-span // CHUNK)], dtype=np.float32)
+        regions = []
+        for region in speech_regions(probabilities, span, self._vad_config):
+            start, end = max(region.start - base_offset, 0), min(region.end - base_offset, cut)
+            if end > start:
+                regions.append((start / SAMPLE_RATE, end / SAMPLE_RATE))
+        return regions
+
+    def _embed(
+        self, audio: Samples, regions: list[tuple[float, float]]
+    ) -> tuple[list[SpeakerWindow], np.ndarray | None]:
+        """Speaker windows over the regions and their embeddings (runs in a thread). Speech too short
+        for a window gets one window over the whole final, if that is long enough (else None)."""
+        diarizer = self._engine.require_diarizer()
+        windows = plan_speaker_windows(regions)
+        if windows:
+            return windows, diarizer.embed_windows(audio, windows)
+        frames = audio.shape[0] * 100 // SAMPLE_RATE
+        if frames < MIN_WINDOW_FRAMES:
+            return [], None
+        return [], diarizer.embed_windows(audio, [SpeakerWindow(0, 0, frames)])
+
+    def _label_speakers(
+        self,
+        result: StreamResult,
+        regions: list[tuple[float, float]],
+        windows: list[SpeakerWindow],
+        embeddings: np.ndarray | None,
+    ) -> StreamResult:
+        offset = result.start
+        if windows and embeddings is not None:
+            assigned = self._speakers.assign(windows, embeddings)
+            turns = speaker_turns(regions, windows, assigned.window_speakers, renumber=False)
+            confidence = assigned.confidence
+        else:
+            speaker, sure = self._speakers.closest(None if embeddings is None else embeddings[0])
+            turns, confidence = [Turn(speaker, 0.0, result.end - result.start)], {speaker: sure}
+        on_timeline = [Turn(t.speaker, t.start + offset, t.end + offset) for t in turns]
+        # Windows come from the regions, so every region with a window has a turn: never None.
+        main = main_speaker(on_timeline) or 0
+        words = _words_with_speakers(result.words, on_timeline, confidence)
+        return replace(result, speaker=main, speaker_confidence=confidence.get(main, 0.0), words=words)
+
+
+def _words_with_speakers(words: list[Word], turns: list[Turn], confidence: dict[int, float]) -> list[Word]:
+    labelled, _ = attribute_speakers(words, turns)
+    return [replace(w, speaker_confidence=confidence.get(w.speaker or 0, 0.0)) for w in labelled]

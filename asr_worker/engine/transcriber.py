@@ -22,11 +22,12 @@ from oyez.logs import get_logger
 from .alignment import FRAMES_PER_SECOND, token_start_times
 from .batcher import DynamicBatcher
 from .decoding import DecodedWindow, build_prompt
-from .diarization import Turn, word_speakers
+from .diarization import Turn
 from .features import HOP_LENGTH, log_mel_spectrogram
 from .onnx_model import CUDA, WhisperOnnx, choose_providers
 from .segmenter import Span, VadConfig, plan_file_windows, speech_regions
 from .speaker_encoder import Diarizer, SpeakerEncoder
+from .speaker_words import attribute_speakers
 from .tokenizer import Tokenizer
 from .types import (
     Samples,
@@ -141,7 +142,8 @@ class WhisperEngine:
 
     async def transcribe(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         language = self.check_language(options.language)
-        self._check_diarize(options)
+        if options.diarize:
+            self.require_diarizer()
         plan = await asyncio.to_thread(self.plan, samples)
         prompt = build_prompt(self.manifest, language)
         mels = await asyncio.to_thread(self._features, samples, plan.windows)
@@ -159,23 +161,25 @@ class WhisperEngine:
     def transcribe_sync(self, samples: Samples, options: TranscribeOptions) -> Transcript:
         """The same as :meth:`transcribe`, for callers without an event loop (CLI, benchmarks)."""
         language = self.check_language(options.language)
-        self._check_diarize(options)
+        if options.diarize:
+            self.require_diarizer()
         plan = self.plan(samples)
         prompt = build_prompt(self.manifest, language)
         futures = [self.batcher.submit(mel, prompt) for mel in self._features(samples, plan.windows)]
         turns = self.speaker_turns(samples, plan, options.num_speakers) if options.diarize else []
         return self._assemble(samples, plan, [f.result() for f in futures], options, language, turns)
 
-    def _check_diarize(self, options: TranscribeOptions) -> None:
-        if options.diarize and self.diarizer is None:
+    def require_diarizer(self) -> Diarizer:
+        """The diarizer; :class:`FeatureNotAvailable` naming the fix when the bundle has none."""
+        if self.diarizer is None:
             raise FeatureNotAvailable(
                 f"Model bundle {self.manifest.name} has no speaker encoder (it was built before "
                 "diarization): rebuild it with `oyez model build`, or send diarize=false"
             )
+        return self.diarizer
 
     def speaker_turns(self, samples: Samples, plan: FilePlan, num_speakers: int | None) -> list[Turn]:
-        assert self.diarizer is not None
-        return self.diarizer.turns(samples, plan.speech, num_speakers)
+        return self.require_diarizer().turns(samples, plan.speech, num_speakers)
 
     def open_stream(self, options: StreamOptions) -> StreamSession:
         from .streaming import WhisperStream
@@ -254,6 +258,8 @@ class WhisperEngine:
         futures = [self.batcher.submit(mel, prompt) for _ in range(self.max_batch * self.batcher.lanes)]
         for future in futures:
             future.result()
+        if self.diarizer is not None:
+            self.diarizer.warm()
         return time.perf_counter() - started
 
     def close(self) -> None:
@@ -261,29 +267,3 @@ class WhisperEngine:
 
 
 assert FRAMES_PER_SECOND * HOP_LENGTH * 2 == SAMPLE_RATE
-
-
-def attribute_speakers(words: list[Word], turns: list[Turn]) -> tuple[list[Word], list[SpeakerSegment]]:
-    """Each word gets the speaker of the turn it overlaps most; runs of one speaker's words become
-    segments. Zero-length punctuation words stay with the word before them."""
-    speakers = word_speakers([(w.start, w.end) for w in words], turns)
-    labelled: list[Word] = []
-    for index, (word, speaker) in enumerate(zip(words, speakers, strict=True)):
-        if word.end <= word.start and labelled:
-            speaker = labelled[index - 1].speaker or 0
-        labelled.append(replace(word, speaker=speaker))
-    segments: list[SpeakerSegment] = []
-    for word in labelled:
-        speaker = word.speaker or 0
-        if segments and segments[-1].speaker == speaker:
-            last = segments[-1]
-            text = f"{last.text}{word.word}" if _attaches(word.word) else f"{last.text} {word.word}"
-            segments[-1] = SpeakerSegment(speaker, text, last.start, max(last.end, word.end))
-        else:
-            segments.append(SpeakerSegment(speaker, word.word, word.start, word.end))
-    return labelled, segments
-
-
-def _attaches(token: str) -> bool:
-    """Punctuation joins the previous word without a space."""
-    return bool(token) and all(not ch.isalnum() for ch in token)

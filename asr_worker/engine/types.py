@@ -31,6 +31,7 @@ class Word:
     end: float
     confidence: float
     speaker: int | None = None  # with diarize: 0, 1, ... in order of first appearance
+    speaker_confidence: float = 0.0  # streams only: see speaker_tracking
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class StreamOptions:
     eou_timeout_ms: int = 800
     interim_interval_ms: int = 700
     vad_events: bool = False
+    diarize: bool = False  # finals (and their words) carry session speakers
+    num_speakers: int | None = None  # with diarize: at most this many speakers in the session
     resume_token: bytes = b""  # continue a stream another worker began (see stream_checkpoint)
 
 
@@ -82,6 +85,8 @@ class StreamResult:
     event_time: float = 0.0
     resume_token: bytes = b""  # on finals: where the stream stands (see stream_checkpoint)
     committed_samples: int = 0  # on finals: the committed end, in 16 kHz samples
+    speaker: int | None = None  # with diarize, on finals with text: who spoke most of it
+    speaker_confidence: float = 0.0
 
 
 class StreamSession(Protocol):

@@ -120,7 +120,14 @@ async def _receive_upload(requests: AsyncIterator[pb.TranscribeRequest], limit: 
 
 def _words(words: Iterable[Word]) -> list[pb.Word]:
     return [
-        pb.Word(word=w.word, start=w.start, end=w.end, confidence=w.confidence, speaker=w.speaker)
+        pb.Word(
+            word=w.word,
+            start=w.start,
+            end=w.end,
+            confidence=w.confidence,
+            speaker=w.speaker,
+            speaker_confidence=w.speaker_confidence,
+        )
         for w in words
     ]
 
@@ -172,6 +179,8 @@ def _stream_options(engine: Engine, config: pb.StreamingConfig) -> StreamOptions
         sample_rate=constants.SAMPLE_RATE,
         eou_timeout_ms=eou_ms,
         vad_events=config.vad_events,
+        diarize=config.options.diarize,
+        num_speakers=_num_speakers(config.options),
         resume_token=config.resume_token,
     )
 
@@ -209,6 +218,8 @@ def _stream_response(request_id: str, result: StreamResult) -> pb.StreamingRespo
         event_time=result.event_time,
         resume_token=result.resume_token,
         committed_samples=result.committed_samples,
+        speaker=result.speaker,
+        speaker_confidence=result.speaker_confidence,
     )
 
 

@@ -146,12 +146,15 @@ class Word(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     SPEAKER_FIELD_NUMBER: _builtins.int
+    SPEAKER_CONFIDENCE_FIELD_NUMBER: _builtins.int
     word: _builtins.str
     start: _builtins.float
     end: _builtins.float
     confidence: _builtins.float
     speaker: _builtins.int
     """With diarize: the speaker (0, 1, ... in order of first appearance)."""
+    speaker_confidence: _builtins.float
+    """Streams with diarize: how sure the speaker is, 0..1 (the final's speaker_confidence, per speaker)."""
     def __init__(
         self,
         *,
@@ -160,10 +163,11 @@ class Word(_message.Message):
         end: _builtins.float = ...,
         confidence: _builtins.float = ...,
         speaker: _builtins.int | None = ...,
+        speaker_confidence: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "speaker", b"speaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "confidence", b"confidence", "end", b"end", "speaker", b"speaker", "start", b"start", "word", b"word"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "confidence", b"confidence", "end", b"end", "speaker", b"speaker", "speaker_confidence", b"speaker_confidence", "start", b"start", "word", b"word"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
     _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
@@ -367,7 +371,9 @@ class StreamingResponse(_message.Message):
     """
     committed_samples: _builtins.int
     speaker: _builtins.int
-    """With diarize, on finals: the speaker of the utterance (stable for the session) and how sure."""
+    """With diarize, on finals with a transcript: the speaker of most of the utterance (labels are
+    stable for the session, also across a resume) and how sure, 0..1.
+    """
     speaker_confidence: _builtins.float
     @_builtins.property
     def words(self) -> _containers.RepeatedCompositeFieldContainer[Global___Word]: ...

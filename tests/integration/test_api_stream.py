@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -15,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.integration.api_stack import ApiStack, clear_limits, normalise
+from tests.license_support import dev_key
 from tests.speech_data import SPEECH_DIR
 
 SR = 16000
@@ -29,6 +31,7 @@ def pcm16(path_name: str) -> bytes:
 
 JFK = pcm16("jfk.wav")
 AUSTEN = pcm16("librivox_0870.wav")
+AUSTEN_2 = pcm16("librivox_0880.wav")
 SILENCE_2S = bytes(2 * SR * 2)
 
 
@@ -177,7 +180,9 @@ def test_mulaw_telephony_and_subprotocol_auth(api_stack: ApiStack) -> None:
         ({"punctuate": "sometimes"}, 400, "INVALID_PARAMETER"),
         ({"colour": "blue"}, 400, "INVALID_PARAMETER"),
         ({"encoding": "mulaw", "sample_rate": "16000"}, 400, "INVALID_PARAMETER"),
-        ({"diarize": "true"}, 400, "FEATURE_NOT_AVAILABLE"),
+        ({"num_speakers": "2"}, 400, "INVALID_PARAMETER"),  # without diarize=true
+        ({"diarize": "true", "num_speakers": "0"}, 400, "INVALID_PARAMETER"),
+        ({"diarize": "maybe"}, 400, "INVALID_PARAMETER"),
         ({"language": "fr"}, 400, "UNSUPPORTED_LANGUAGE"),  # the registry says no worker has it
     ],
 )
@@ -189,6 +194,39 @@ def test_bad_parameters_are_refused_before_the_upgrade(
     response = refused.value.response
     assert response.status_code == status
     assert json.loads(response.body or b"{}")["code"] == code
+
+
+def test_diarized_stream_labels_finals_words_and_utterances(api_stack: ApiStack) -> None:
+    params = {"diarize": "true", "word_timestamps": "true", "sentence_timestamps": "true"}
+    with open_stream(api_stack, **params) as ws:
+        send_audio(ws, AUSTEN + SILENCE_2S + JFK + SILENCE_2S + AUSTEN_2)
+        ws.send(json.dumps({"type": "close_stream"}))
+        messages = collect(ws)
+    transcripts = [m for m in messages if m["type"] == "transcription"]
+    spoken = [m for m in transcripts if m["is_final"] and m["transcript"]]
+    turns = [speaker for speaker, _ in itertools.groupby(m["speaker"] for m in spoken)]
+    assert turns == [0, 1, 0], "the reader, Kennedy (in several finals: he pauses), the reader again"
+    assert all(0.0 <= m["speaker_confidence"] <= 1.0 for m in spoken)
+    assert all("speaker" not in m for m in transcripts if not m["is_final"]), "interims carry no speaker"
+    for final in spoken:
+        assert final["words"] and all(set(w) >= {"speaker", "speaker_confidence"} for w in final["words"])
+        assert {w["speaker"] for w in final["words"]} == {final["speaker"]}
+        assert final["utterances"] and {u["speaker"] for u in final["utterances"]} == {final["speaker"]}
+    kennedy = " ".join(m["transcript"] for m in spoken if m["speaker"] == 1)
+    assert "ask not what your country" in normalise(kennedy) and "dashwood" not in normalise(kennedy)
+
+
+def test_diarized_stream_needs_the_licensed_feature(api_stack: ApiStack) -> None:
+    without = dev_key(license_id=api_stack.license_id, features=["streaming", "timestamps", "punctuation"])
+    with pytest.raises(InvalidStatus) as refused:
+        open_stream(api_stack, key=without, diarize="true")
+    body = json.loads(refused.value.response.body or b"{}")
+    assert refused.value.response.status_code == 403
+    assert body["code"] == "FEATURE_NOT_LICENSED" and body["feature"] == "diarization"
+    with open_stream(api_stack, key=without) as ws:  # the same key streams without diarize
+        send_audio(ws, JFK)
+        ws.send(json.dumps({"type": "close_stream"}))
+        assert "your country" in normalise(finals_text(collect(ws)))
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Token nope"}, {"Authorization": "Basic abc"}])

@@ -15,51 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from asr_worker.engine.transcriber import EngineConfig, WhisperEngine
-from asr_worker.engine.types import TranscribeOptions, Transcript
+from asr_worker.engine.types import StreamOptions, TranscribeOptions, Transcript
 from oyez.errors import FeatureNotAvailable
-from tests.diarization_metrics import Segment, diarization_error_rate
-from tests.speech_data import SpeechClip, corpus_wer, load_speech_manifest
+from tests.conversations import Conversation, speaker_attributed_wer
+from tests.diarization_metrics import diarization_error_rate
+from tests.speech_data import SpeechClip, load_speech_manifest
 
 SAMPLE_RATE = 16000
 DER_LIMIT = 0.10
-SPEAKERS = {
-    "A": ["librivox_0870", "librivox_0880", "librivox_0890", "librivox_0920", "librivox_0930"],
-    "B": ["cards_001", "cards_002", "cards_003", "cards_004", "cards_005"],
-    "C": ["jfk"],
-    "D": ["forever_2"],
-    "E": ["goforward", "tidigits_2934z"],
-}
-
-
-class Conversation:
-    def __init__(self, clips: dict[str, SpeechClip], order: str, gap_s: float) -> None:
-        parts, self.truth, self.texts = [], [], []
-        used = dict.fromkeys(SPEAKERS, 0)
-        t = 0.0
-        for speaker in order:
-            clip = clips[SPEAKERS[speaker][used[speaker] % len(SPEAKERS[speaker])]]
-            used[speaker] += 1
-            audio, rate = sf.read(clip.path, dtype="float32")
-            assert rate == SAMPLE_RATE
-            parts += [audio, np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.float32)]
-            self.truth.append((speaker, t, t + len(audio) / SAMPLE_RATE))
-            self.texts.append((speaker, clip.text))
-            t += len(audio) / SAMPLE_RATE + gap_s
-        self.audio = np.concatenate(parts)
-        self.speakers = len(set(order))
-
-    def reference(self, speech: list[tuple[float, float]]) -> list[Segment]:
-        names: dict[str, int] = {}
-        out = []
-        for speaker, start, end in self.truth:
-            label = names.setdefault(speaker, len(names))
-            for lo, hi in speech:
-                if min(end, hi) > max(start, lo):
-                    out.append((label, max(start, lo), min(end, hi)))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -78,24 +43,6 @@ def der_of(engine: WhisperEngine, talk: Conversation, result: Transcript) -> flo
     return diarization_error_rate(talk.reference(speech), hypothesis)
 
 
-def speaker_attributed_wer(talk: Conversation, result: Transcript) -> float:
-    """Per reference speaker, all of their text against the words given to the hypothesis speaker
-    that overlaps them most; pooled into one WER (a cpWER in the spirit of CHiME-6)."""
-    overlap: dict[tuple[str, int], float] = {}
-    for speaker, start, end in talk.truth:
-        for seg in result.speakers:
-            shared = min(end, seg.end) - max(start, seg.start)
-            if shared > 0:
-                overlap[(speaker, seg.speaker)] = overlap.get((speaker, seg.speaker), 0.0) + shared
-    references, hypotheses = [], []
-    for speaker in sorted({s for s, _ in talk.texts}):
-        mine = {h: v for (r, h), v in overlap.items() if r == speaker}
-        chosen = max(mine, key=lambda h: mine[h]) if mine else -1
-        references.append(" ".join(text for s, text in talk.texts if s == speaker))
-        hypotheses.append(" ".join(w.word for w in result.words if w.speaker == chosen))
-    return corpus_wer(references, hypotheses)
-
-
 @pytest.mark.parametrize("gap_s", [0.7, 0.0], ids=["with-pauses", "back-to-back"])
 @pytest.mark.parametrize("told", [False, True], ids=["auto", "num_speakers"])
 def test_two_speakers_are_found_with_low_der(
@@ -104,7 +51,11 @@ def test_two_speakers_are_found_with_low_der(
     talk = Conversation(clips, "ABABABABAB", gap_s)
     result = diarize(tiny_engine, talk.audio, 2 if told else None)
     der = der_of(tiny_engine, talk, result)
-    sa_wer = speaker_attributed_wer(talk, result)
+    sa_wer = speaker_attributed_wer(
+        talk,
+        [(s.speaker, s.start, s.end) for s in result.speakers],
+        [(w.word, w.speaker) for w in result.words],
+    )
     print(f"two speakers, gap {gap_s} s, told={told}: DER {der:.1%}, speaker-attributed WER {sa_wer:.1%}")
     assert {s.speaker for s in result.speakers} == {0, 1}
     assert der <= DER_LIMIT
@@ -185,5 +136,8 @@ def test_a_bundle_without_a_speaker_encoder_refuses_diarize_clearly(
         with pytest.raises(FeatureNotAvailable, match="no speaker encoder"):
             engine.transcribe_sync(np.zeros(SAMPLE_RATE, dtype=np.float32), TranscribeOptions(diarize=True))
         assert engine.transcribe_sync(np.zeros(SAMPLE_RATE, dtype=np.float32), TranscribeOptions()).text == ""
+        with pytest.raises(FeatureNotAvailable, match="rebuild it with `oyez model build`"):
+            engine.open_stream(StreamOptions(diarize=True))
+        assert engine.open_stream(StreamOptions()) is not None
     finally:
         engine.close()

@@ -50,10 +50,36 @@ def test_bad_parameters_name_the_problem(query: dict[str, str], fragment: str) -
     assert fragment in caught.value.message
 
 
-@pytest.mark.parametrize("query", [{"diarize": "true"}, {"language": "multi"}])
-def test_not_available_yet(query: dict[str, str]) -> None:
+def test_language_detection_is_not_available_yet() -> None:
     with pytest.raises(FeatureNotAvailable):
+        parse_stream_params({"language": "multi"})
+
+
+def test_diarize_with_an_optional_speaker_cap() -> None:
+    plain = parse_stream_params({})
+    assert (plain.diarize, plain.num_speakers) == (False, None)
+    assert "diarization" not in plain.features()
+    diarized = parse_stream_params({"diarize": "true", "num_speakers": "3"})
+    assert (diarized.diarize, diarized.num_speakers) == (True, 3)
+    assert "diarization" in diarized.features()
+    assert parse_stream_params({"diarize": "true"}).num_speakers is None
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ({"num_speakers": "2"}, "num_speakers needs diarize=true"),
+        ({"diarize": "false", "num_speakers": "2"}, "num_speakers needs diarize=true"),
+        ({"diarize": "true", "num_speakers": "0"}, "from 1 to 32"),
+        ({"diarize": "true", "num_speakers": "33"}, "from 1 to 32"),
+        ({"diarize": "true", "num_speakers": "two"}, "from 1 to 32"),
+        ({"diarize": "maybe"}, "diarize must be true or false"),
+    ],
+)
+def test_bad_diarization_parameters_name_the_problem(query: dict[str, str], fragment: str) -> None:
+    with pytest.raises(InvalidParameter) as caught:
         parse_stream_params(query)
+    assert fragment in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -98,6 +124,10 @@ def test_stream_client_formatting_and_url() -> None:
     assert format_message({**final, "is_final": False}, tty=False) == "~ Hello."
     assert format_message({"type": "speech_started"}, tty=False) is None
     assert format_message({"type": "error", "message": "idle"}, tty=False) == "error: idle"
+    assert "diarize" not in url
+    diarized = stream_url("http://h", 16000, argparse.Namespace(**vars(args), diarize=True, num_speakers=2))
+    assert "diarize=true" in diarized and "num_speakers=2" in diarized
+    assert format_message({**final, "speaker": 1}, tty=False) == "[   0.50-   1.25] SPEAKER_01: Hello."
 
 
 def _ogg_opus_jfk() -> tuple[bytes, float]:

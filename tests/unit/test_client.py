@@ -210,6 +210,30 @@ def test_timestamps_print_one_line_per_word(
     assert parts["timestamps"][1] == b"true"
 
 
+def test_diarize_sends_the_options_and_prints_speaker_turns(
+    fake_api: FakeApi, audio: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_api.body = {
+        **RESULT,
+        "speakers": [
+            {"speaker": "SPEAKER_00", "text": "And so", "start": 0.0, "end": 0.5},
+            {"speaker": "SPEAKER_01", "text": "my fellow Americans.", "start": 0.6, "end": 2.5},
+        ],
+    }
+    assert run(str(audio), "--server", fake_api.url, "--key", KEY, "--diarize", "--num-speakers", "2") == 0
+    parts = multipart_parts(fake_api.last.headers["content-type"], fake_api.last.body)
+    assert (parts["diarize"][1], parts["num_speakers"][1]) == (b"true", b"2")
+    assert capsys.readouterr().out == (
+        "[   0.00-   0.50] SPEAKER_00: And so\n[   0.60-   2.50] SPEAKER_01: my fellow Americans.\n"
+    )
+
+
+def test_without_diarize_no_speaker_options_are_sent(fake_api: FakeApi, audio: Path) -> None:
+    assert run(str(audio), "--server", fake_api.url, "--key", KEY) == 0
+    parts = multipart_parts(fake_api.last.headers["content-type"], fake_api.last.body)
+    assert "diarize" not in parts and "num_speakers" not in parts
+
+
 def test_http_error_prints_error_code_and_detail(
     fake_api: FakeApi, audio: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

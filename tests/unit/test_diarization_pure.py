@@ -10,7 +10,7 @@ import pytest
 
 from asr_worker.engine import diarization as d
 from asr_worker.engine.speaker_features import normalize_volume, speaker_mels
-from asr_worker.engine.transcriber import attribute_speakers
+from asr_worker.engine.speaker_words import attribute_speakers
 from asr_worker.engine.types import SpeakerSegment, Word
 from tests.diarization_metrics import diarization_error_rate
 
