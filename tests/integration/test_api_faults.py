@@ -3,6 +3,7 @@ proxy down, Redis restarted, every worker busy (queue full, queue timeout), and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -93,10 +94,12 @@ def post_audio(stack: ApiStack, data: bytes, key: str | None = None, **headers: 
     )
 
 
-def _stream_session(stack: ApiStack, audio: bytes, on_message: Callable[[dict[str, Any]], None]) -> str:
+def _stream_session(
+    stack: ApiStack, audio: bytes, on_message: Callable[[dict[str, Any]], None], query: str = ""
+) -> str:
     """Stream 16 kHz linear16 audio at 4x real time, then close; the finals' text."""
     finals: list[str] = []
-    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream"
+    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream{query}"
     with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
         done = threading.Event()
 
@@ -124,13 +127,25 @@ def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) ->
              ("jfk.wav", "librivox_0870.wav", "librivox_0880.wav")]  # fmt: skip
     gap = bytes(2 * 16000 * 2)
     audio = b"".join(clip + gap for clip in clips)
-    undisturbed = _stream_session(stack, audio, lambda _: None)
+    # Diarized: the session's speakers must survive the move too (they travel in the checkpoint).
+    diarized = "?diarize=true"
+    speakers: dict[str, list[tuple[str, int, float]]] = {"undisturbed": [], "disturbed": []}
+
+    def speakers_of(run: str, message: dict[str, Any]) -> None:
+        if message.get("type") == "transcription" and message["is_final"] and message["transcript"]:
+            final = (message["transcript"], message["speaker"], message["speaker_confidence"])
+            speakers[run].append(final)
+
+    undisturbed = _stream_session(stack, audio, lambda m: speakers_of("undisturbed", m), diarized)
     assert "dashwood" in undisturbed.lower()
+    kennedy_then_reader = [s for s, _ in itertools.groupby(s for _, s, _ in speakers["undisturbed"])]
+    assert kennedy_then_reader == [0, 1], speakers["undisturbed"]
 
     killed: list[Worker] = []
     errors: list[dict[str, Any]] = []
 
     def kill_after_first_final(message: dict[str, Any]) -> None:
+        speakers_of("disturbed", message)
         if message.get("type") == "error":
             errors.append(message)
         if killed or not (message.get("type") == "transcription" and message["is_final"]):
@@ -143,10 +158,11 @@ def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) ->
         victim.proc.proc.send_signal(signal.SIGKILL)
         killed.append(victim)
 
-    disturbed = _stream_session(stack, audio, kill_after_first_final)
+    disturbed = _stream_session(stack, audio, kill_after_first_final, diarized)
     assert killed, "the stream never produced a final before the end"
     assert not errors, errors
     assert disturbed == undisturbed
+    assert speakers["disturbed"] == speakers["undisturbed"], "labels kept across the move"
     assert stack.api is not None
     assert "Streaming worker lost; moving the session to another worker" in stack.api.log
     stack.workers.remove(killed[0])
