@@ -15,6 +15,8 @@ from oyez.errors import InvalidParameter
 OPUS_RATE = 48000
 _PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, type, granule, serial, seq, crc, segments
 MAX_PAGE_BYTES = 27 + 255 + 255 * 255
+# RFC 7845: an Ogg Opus packet holds at most 120 ms of audio, 48 frames of at most 1275 bytes.
+MAX_OPUS_PACKET_BYTES = 48 * 1275
 
 
 class OggPacketReader:
@@ -44,6 +46,11 @@ class OggPacketReader:
             for value in lacing:
                 self._partial += self._buffer[position : position + value]
                 position += value
+                if len(self._partial) > MAX_OPUS_PACKET_BYTES:
+                    raise InvalidParameter(
+                        f"encoding=ogg_opus: a packet is larger than {MAX_OPUS_PACKET_BYTES} bytes, "
+                        "the most Opus allows; the stream is damaged"
+                    )
                 if value < 255:
                     packets.append(self._partial)
                     self._partial = b""

@@ -40,6 +40,7 @@ router = APIRouter()
 _log = get_logger("api_server.stream")
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: control frame payload <= 125 bytes, 2 are the code
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
@@ -110,13 +111,19 @@ async def _check_before_upgrade(state: ApiState, websocket: WebSocket) -> tuple[
     return grant, params
 
 
+def close_reason(message: str) -> str:
+    """``message`` cut to what a close frame may carry: 123 bytes of UTF-8, whole characters only
+    (a longer reason makes the server drop the connection without a close frame)."""
+    return message.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
 async def _send_error(websocket: WebSocket, session_id: str, message: str, code: str, close: int) -> None:
     with contextlib.suppress(Exception):
         await websocket.send_json(
             {"type": "error", "status": "error", "session_id": session_id, "code": code, "message": message}
         )
     with contextlib.suppress(Exception):
-        await websocket.close(code=close, reason=message[:120])
+        await websocket.close(code=close, reason=close_reason(message))
 
 
 @dataclass(frozen=True)

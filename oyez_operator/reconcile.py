@@ -53,7 +53,7 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def validate(name: str, spec: Mapping[str, Any]) -> tuple[SpeechDeploymentSpec | None, str | None]:
+def validate(name: str, spec: Any) -> tuple[SpeechDeploymentSpec | None, str | None]:
     """The typed spec, or None and a message naming every bad field."""
     problems = []
     if len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
@@ -61,11 +61,14 @@ def validate(name: str, spec: Mapping[str, Any]) -> tuple[SpeechDeploymentSpec |
             f"metadata.name: {name!r} must be a DNS label of at most {MAX_NAME_LENGTH} characters "
             "starting with a letter (child names append up to 23)"
         )
-    try:
-        typed = parse_spec(dict(spec))
-    except ValidationError as error:
-        problems.append(describe_errors(error))
-        typed = None
+    typed = None
+    if not isinstance(spec, Mapping):
+        problems.append(f"spec: must be an object of fields, got {type(spec).__name__}")
+    else:
+        try:
+            typed = parse_spec(dict(spec))
+        except ValidationError as error:
+            problems.append(describe_errors(error))
     if problems:
         return None, "; ".join(problems)
     return typed, None

@@ -165,3 +165,14 @@ def test_raw_opus_packets_and_bad_input() -> None:
     raw = FrameConverter(parse_stream_params({"encoding": "opus"}))
     pcm = b"".join(raw.convert(packet) for packet in packets[2:])
     assert len(pcm) > 48000 * 2 * 10  # about 11 s of 48 kHz audio
+
+
+def test_close_reasons_fit_a_close_frame_in_whole_characters() -> None:
+    from api_server.routes_stream import close_reason
+
+    assert close_reason("short") == "short"
+    long_ascii = close_reason("x" * 500)
+    assert long_ascii == "x" * 123
+    wide = close_reason("unknown control message '" + "\U00014400" * 60 + "'")
+    assert len(wide.encode("utf-8")) <= 123
+    assert wide.startswith("unknown control message '") and "\ufffd" not in wide
