@@ -29,6 +29,14 @@ from oyez.logs import bind_request_id, clear_request_id, get_logger
 
 _log = get_logger("api_server.http")
 QUIET_PATHS = frozenset({"/health", "/healthz", "/api/v1/health", "/metrics"})
+# On every response: transcripts and errors are not for shared caches, browsers must not guess
+# content types, and no page of ours may be framed. (The API serves JSON; /docs is the only HTML.)
+HARDENING_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _route_label(request: Request) -> str:
@@ -72,6 +80,7 @@ def build_app(state: ApiState) -> FastAPI:
             response = JSONResponse({"error": "Internal error", "code": "INTERNAL_ERROR"}, status_code=500)
         elapsed = time.perf_counter() - started
         response.headers["X-Request-ID"] = request_id
+        response.headers.update(HARDENING_HEADERS)
         status = response.status_code
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         route = _route_label(request)

@@ -45,7 +45,12 @@ async def serve_asgi(
 ) -> None:
     """Serve until SIGTERM/SIGINT (or cancellation); ``on_started`` runs once requests are accepted."""
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=graceful_timeout_s
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=graceful_timeout_s,
+        server_header=False,  # do not advertise the server software
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
