@@ -6,7 +6,10 @@ touching the planning logic.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
 
 # Best first: ``auto`` picks the first tier with allocatable GPUs.
 TIER_ORDER = ("A100", "A10", "L4", "T4")
@@ -21,12 +24,17 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 # VRAM per tier (GiB): what a worker pod on that tier can count on.
 TIER_VRAM_GIB = {"T4": 16, "L4": 24, "A10": 24, "A100": 40}
 
-# Audio hours per wall-clock hour one worker sustains, per tier (whisper-base, greedy).
-# A10: the brief's seed figure (~100). T4/L4/A100: scaled from the A10 by relative fp16 inference
-# throughput. "none" is measured (bench/RESULTS.md: one 2-vCPU worker, whisper-base fp32, 7.8 audio
-# s/s at 16 concurrent requests); a worker with the plans' 4-8 CPUs does more, so it is a floor.
-# Replace the GPU seeds with bench/capacity.py measurements per tier.
-DEFAULT_CAPACITY_AUDIO_HOURS_PER_HOUR = {"T4": 45.0, "L4": 90.0, "A10": 100.0, "A100": 250.0, "none": 7.5}
+# Audio hours per wall-clock hour one worker sustains, per tier (whisper-base, greedy), with where
+# each figure comes from: ``capacity.json`` in this package, which ``python -m bench.capacity
+# --write`` updates for the tier it ran on (the CPU tier here; a GPU tier on a GPU machine).
+# Tiers not measured yet carry seed figures, marked as such. The README's table is checked
+# against this file.
+CAPACITY_TABLE: dict[str, Any] = json.loads(
+    resources.files("oyez_operator").joinpath("capacity.json").read_text(encoding="utf-8")
+)
+DEFAULT_CAPACITY_AUDIO_HOURS_PER_HOUR: dict[str, float] = {
+    tier: float(entry["audio_hours_per_hour"]) for tier, entry in CAPACITY_TABLE["tiers"].items()
+}
 
 # Node labels that name the GPU model: per label key, a regular expression per tier (searched,
 # case-insensitive). GPU Feature Discovery (nvidia.com/gpu.product), GKE

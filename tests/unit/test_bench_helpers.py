@@ -125,3 +125,57 @@ def test_the_diarization_bench_conversation_alternates_two_real_speakers() -> No
     audio = conversation(20.0)
     assert audio.dtype == np.float32 and len(audio) == 20 * SAMPLE_RATE
     assert float(np.abs(audio).max()) > 0.05, "real speech, not silence"
+
+
+# --- bench.capacity -----------------------------------------------------------------------------
+def test_a_batch_level_counts_only_answered_audio_and_its_latency_ratios() -> None:
+    from bench.capacity import batch_level
+
+    outcomes = [
+        Outcome("a", 10.0, 2.0),
+        Outcome("b", 20.0, 10.0),
+        Outcome("c", 5.0, 30.0, error="StatusCode.UNAVAILABLE: gone"),
+    ]
+    level = batch_level(4, outcomes, wall_s=15.0)
+    assert level.audio_per_second == pytest.approx(30.0 / 15.0)
+    assert level.errors == 1
+    assert level.p95_ratio == pytest.approx(percentile([0.2, 0.5], 95))
+    assert level.p95_latency_s == pytest.approx(percentile([2.0, 10.0], 95))
+
+
+def test_batch_capacity_is_the_best_throughput_within_budget_and_without_errors() -> None:
+    from bench.capacity import BatchLevel, batch_capacity
+
+    levels = [
+        BatchLevel(1, 5.0, 0.2, 2.0, 0),
+        BatchLevel(4, 9.0, 0.45, 4.0, 0),
+        BatchLevel(8, 12.0, 0.9, 9.0, 0),  # faster, but over the 0.5 budget
+        BatchLevel(16, 13.0, 0.4, 4.0, 2),  # within budget, but requests failed
+    ]
+    best = batch_capacity(levels, 0.5)
+    assert best is not None and best.concurrency == 4
+    assert batch_capacity(levels, 0.1) is None
+
+
+def test_stream_capacity_stops_at_the_first_level_over_budget() -> None:
+    from bench.capacity import StreamLevel, stream_capacity
+
+    ramp = [
+        StreamLevel(1, 300.0, 0),
+        StreamLevel(2, 450.0, 0),
+        StreamLevel(4, 1400.0, 0),
+        StreamLevel(8, 900.0, 0),
+    ]
+    assert stream_capacity(ramp, 1000.0) == 2, "a lucky level after a failing one does not count"
+    assert stream_capacity([StreamLevel(1, 200.0, 1)], 1000.0) == 0, "a failed stream is over budget"
+    assert stream_capacity([StreamLevel(1, None, 0)], 1000.0) == 0
+
+
+def test_record_tier_writes_the_measured_figure_and_its_source() -> None:
+    from bench.capacity import BatchLevel, record_tier
+
+    table: dict[str, object] = {"tiers": {"none": {"audio_hours_per_hour": 7.5, "source": "old"}}}
+    record_tier(table, "none", "whisper-base", BatchLevel(8, 9.26, 0.4, 3.0, 0), 6, "one 2-vCPU worker")
+    entry = table["tiers"]["none"]  # type: ignore[index]
+    assert entry["audio_hours_per_hour"] == 9.3 and entry["realtime_streams"] == 6
+    assert entry["source"].startswith("measured: one 2-vCPU worker, whisper-base fp32, 9.26 audio s/s at 8")
