@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from api_server.guard import client_ip, error_response, request_id_of
 from api_server.routes_compat import router as compat_router
@@ -28,6 +29,7 @@ from oyez.errors import OyezError
 from oyez.logs import bind_request_id, clear_request_id, get_logger
 
 _log = get_logger("api_server.http")
+CLIENT_CLOSED_REQUEST = 499
 QUIET_PATHS = frozenset({"/health", "/healthz", "/api/v1/health", "/metrics"})
 # On every response: transcripts and errors are not for shared caches, browsers must not guess
 # content types, and no page of ours may be framed. (The API serves JSON; /docs is the only HTML.)
@@ -75,6 +77,11 @@ def build_app(state: ApiState) -> FastAPI:
         started = time.perf_counter()
         try:
             response = await call_next(request)
+        except ClientDisconnect:
+            # The client went away while we read its request: nobody is left to answer, and it is
+            # not our error. 499 (nginx's "client closed request") in the log, metrics and usage.
+            _log.info("Client disconnected before its request was read", path=path)
+            response = Response(status_code=CLIENT_CLOSED_REQUEST)
         except Exception:  # noqa: BLE001 - the caller gets a JSON 500, the log gets the trace
             _log.exception("Unhandled error", path=path)
             response = JSONResponse({"error": "Internal error", "code": "INTERNAL_ERROR"}, status_code=500)

@@ -121,11 +121,18 @@ def test_client_that_stops_mid_upload_does_not_hurt_the_server(api_stack: ApiSta
         f"POST /v1/listen HTTP/1.1\r\nHost: {host}\r\nAuthorization: Token {api_stack.key}\r\n"
         f"Content-Type: audio/wav\r\nContent-Length: {len(JFK)}\r\n\r\n"
     ).encode()
+    assert api_stack.api is not None
+    before = len(api_stack.api.lines)
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(head + JFK[: len(JFK) // 3])
     # The server is unharmed and answers the next request normally.
     assert _post(api_stack, JFK).status_code == 200
     assert httpx.get(f"{api_stack.url}/health", timeout=10).status_code == 200
+    # ...and logs the disconnect as what it is (499), not as an unhandled error with a traceback.
+    api_stack.api.wait_for_line("Status: 499", timeout=10, after=before)
+    logged = "\n".join(api_stack.api.lines[before:])
+    assert "Client disconnected before its request was read" in logged
+    assert "Unhandled error" not in logged and "Traceback" not in logged
 
 
 def test_multipart_with_many_parts_or_huge_field_is_refused(api_stack: ApiStack) -> None:

@@ -179,3 +179,34 @@ def test_record_tier_writes_the_measured_figure_and_its_source() -> None:
     entry = table["tiers"]["none"]  # type: ignore[index]
     assert entry["audio_hours_per_hour"] == 9.3 and entry["realtime_streams"] == 6
     assert entry["source"].startswith("measured: one 2-vCPU worker, whisper-base fp32, 9.26 audio s/s at 8")
+
+
+# --- bench.load ---------------------------------------------------------------------------------
+def test_load_summary_counts_successes_audio_and_errors_by_status() -> None:
+    from bench.load import Tally, summary_row
+
+    tally = Tally()
+    for latency in (0.5, 1.0, 1.5, 2.0):
+        tally.ok(latency, 10.0)
+    tally.failed("503")
+    tally.failed("503")
+    tally.failed("ReadTimeout")
+    row = summary_row("batch", tally, wall_s=20.0)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == ["batch", "4", "2.00"]
+    assert cells[3] == f"{percentile([0.5, 1.0, 1.5, 2.0], 50) * 1000:.0f}"
+    assert cells[-1] == "503: 2, ReadTimeout: 1"
+    assert summary_row("idle", Tally(), 1.0).endswith("| — | — | — | none |")
+
+
+def test_memory_growth_is_counted_from_the_first_sample_after_warmup() -> None:
+    from bench.load import memory_growth
+
+    samples = [
+        (0.0, {"api": 50.0, "worker": 300.0}),
+        (30.0, {"api": 80.0, "worker": 900.0}),
+        (60.0, {"api": 82.0, "worker": 905.0}),
+        (90.0, {"api": 81.0, "worker": 904.0, "redis": 10.0}),
+    ]
+    assert memory_growth(samples, warmup_s=30.0) == {"api": 1.0, "worker": 4.0}
+    assert memory_growth(samples[:1], warmup_s=0.0) == {}, "one sample shows no growth"
