@@ -6,7 +6,8 @@ API) and runs, for ``--duration`` seconds:
 - ``--batch-clients`` closed-loop clients, each posting a payload (short 5 s, medium 20 s or long
   60 s of real speech, in turn) to ``POST /v1/listen`` as soon as its previous answer arrives;
 - ``--streams`` clients, each playing JFK (11 s) at real-time pace over ``/v1/listen/stream``, then
-  starting again.
+  ``close_stream``, and starting again; a stream's latency is from ``close_stream`` to the terminal
+  final (``is_last``).
 
 Every ``--sample-s`` it samples the resident memory (RSS) of each stack process. At the end it
 prints:
@@ -152,18 +153,15 @@ def stream_client(stack: RunningStack, tally: Tally, stop: threading.Event, pcm:
                 for index, offset in enumerate(range(0, len(pcm), frame)):
                     ws.send(pcm[offset : offset + frame])
                     time.sleep(max(0.0, started + (index + 1) * 0.1 - time.perf_counter()))
-                finalize_sent = time.perf_counter()
+                close_sent = time.perf_counter()
                 ws.send(json.dumps({"type": "close_stream"}))
-                latency = None
                 while True:
                     message = json.loads(ws.recv(timeout=120))
                     if message.get("type") == "error":
                         tally.failed(message.get("code", "error"))
                         break
-                    if message.get("is_final") and latency is None:
-                        latency = time.perf_counter() - finalize_sent
-                    if message.get("is_last"):
-                        tally.ok(latency or 0.0, len(pcm) / 32000)
+                    if message.get("is_last"):  # the terminal final: its delay after close_stream
+                        tally.ok(time.perf_counter() - close_sent, len(pcm) / 32000)
                         break
         except Exception as exc:  # noqa: BLE001 - counted, the load goes on
             tally.failed(type(exc).__name__)
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| kind | ok | audio s/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
     print(summary_row("batch (5/20/60 s)", batch, wall))
-    print(summary_row("stream (11 s, final after close)", streams, wall))
+    print(summary_row("stream (11 s; last final after close)", streams, wall))
     components = sorted({name for _, rss in samples for name in rss})
     print("\n| t s | " + " | ".join(f"{c} MiB" for c in components) + " |")
     print("|---|" + "---|" * len(components))
