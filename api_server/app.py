@@ -98,7 +98,7 @@ def build_app(state: ApiState) -> FastAPI:
             _log.info(f"Status: {status} {phrase}".rstrip(), status=status)
         record: RequestRecord | None = request.state.record
         if record is not None and state.usage is not None:
-            state.usage.record(
+            await state.usage.record(
                 usage_event(
                     request_id,
                     audio_seconds=record.audio_seconds,

@@ -331,7 +331,7 @@ class JobRunner:
             error = job.error or {}
             _log.warning(f"Job {job.job_id}: failed: {error.get('detail') or error.get('error')}")
         if self._usage is not None:
-            self._usage.record(
+            await self._usage.record(
                 usage_event(
                     job.job_id,
                     audio_seconds=seconds,

@@ -209,7 +209,7 @@ async def listen_stream(websocket: WebSocket) -> None:
         await release(state, lease, grant, bridge.audio_seconds if bridge else 0.0)
         seconds = bridge.audio_seconds if bridge else 0.0
         if state.usage is not None:
-            state.usage.record(
+            await state.usage.record(
                 usage_event(
                     request_id,
                     audio_seconds=seconds,

@@ -30,10 +30,11 @@ from api_server.limits_local import LocalLimiter
 from api_server.metrics import ApiMetrics
 from api_server.settings import ApiSettings
 from api_server.state import ApiState
-from api_server.stream_state import MemorySessionStore, RedisSessionStore
+from api_server.stream_state import MemorySessionStore, MirroredSessionStore, RedisSessionStore
 from api_server.transcription import Limiter, TranscriptionFlow
 from api_server.url_fetch import FetchPolicy
 from api_server.usage import UsageSender
+from api_server.usage_outbox import UsageOutbox
 from api_server.workers import WorkerDirectory
 from oyez import constants
 from oyez.asgi_server import bind_socket, serve_asgi
@@ -110,11 +111,13 @@ def build_state(settings: ApiSettings) -> ApiState:
             metrics,
             flush_s=settings.usage_flush_s,
             timeout_s=settings.upstream_timeout_s,
+            outbox=UsageOutbox(client) if client is not None else None,
+            orphan_age_s=settings.usage_orphan_age_s,
         )
         if key
         else None,
         redis_client=client,
-        streams=RedisSessionStore(_redis_client(redis_url, decode=False))
+        streams=MirroredSessionStore(RedisSessionStore(_redis_client(redis_url, decode=False)))
         if redis_url
         else MemorySessionStore(),
     )

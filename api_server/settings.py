@@ -142,6 +142,11 @@ class ApiSettings(BaseSettings):
     registry_refresh_s: float = Field(default=1.0, gt=0, description="Worker registry poll period.")
     static_probe_s: float = Field(default=5.0, gt=0, description="Health probe period of static workers.")
     usage_flush_s: float = Field(default=5.0, gt=0, description="Usage events are sent this often.")
+    usage_orphan_age_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A usage event left in the Redis outbox this long (its replica died) is sent by another.",
+    )
     url_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts, IPs or CIDRs that `url` may reach although private (SSRF guard exemptions).",

@@ -7,15 +7,28 @@ where the audio buffer starts, ``finals``, ``audio_seconds``) and ``oyez:stream:
 point; on worker loss the bridge reads both back and replays the audio to another worker, which
 continues from the checkpoint. Keys expire ``SESSION_TTL_S`` after the last write. Without Redis the
 same interface is kept in memory (one replica).
+
+With Redis the API uses ``MirroredSessionStore``: the replica holding the WebSocket keeps its own copy
+in memory and replays from that, and writes Redis best-effort. A Redis outage or restart mid-stream
+then costs the stream nothing (no error, no lost or repeated text); only the shared view of the
+session lags until Redis is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from oyez.logs import get_logger
+
+_log = get_logger("api_server.stream_state")
 
 SESSION_TTL_S = 3600
 _PREFIX = "oyez:stream:"
@@ -132,3 +145,63 @@ class MemorySessionStore:
         self._base.pop(session_id, None)
         self._audio.pop(session_id, None)
         self._token.pop(session_id, None)
+
+
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+REDIS_RETRY_AFTER_S = 5.0
+
+
+class MirroredSessionStore:
+    """Memory is authoritative for this replica's sessions; Redis gets the same writes when it can.
+
+    After a failed Redis write, Redis is left alone for ``REDIS_RETRY_AFTER_S`` (an outage must not
+    add a timeout to every frame). A session whose Redis copy missed writes is not written again
+    (its Redis copy would be wrong); it finishes on memory alone.
+    """
+
+    def __init__(self, shared: SessionStore, local: MemorySessionStore | None = None) -> None:
+        self._shared = shared
+        self._local = local or MemorySessionStore()
+        self._down_until = 0.0
+        self._stale: set[str] = set()
+
+    async def _mirror(self, session_id: str, operation: str, write: Callable[[], Awaitable[None]]) -> None:
+        if session_id in self._stale or time.monotonic() < self._down_until:
+            self._stale.add(session_id)
+            return
+        try:
+            await write()
+        except _REDIS_FAILURES as exc:
+            self._stale.add(session_id)
+            self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
+            _log.warning(
+                "Could not write streaming session state to Redis; the stream continues from memory",
+                operation=operation,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def create(self, session_id: str, license_id: str, params: dict[str, object]) -> None:
+        await self._local.create(session_id, license_id, params)
+        await self._mirror(session_id, "create", lambda: self._shared.create(session_id, license_id, params))
+
+    async def append(self, session_id: str, data: bytes) -> None:
+        await self._local.append(session_id, data)
+        await self._mirror(session_id, "append", lambda: self._shared.append(session_id, data))
+
+    async def commit(self, session_id: str, absolute_byte: int, resume_token: bytes) -> None:
+        await self._local.commit(session_id, absolute_byte, resume_token)
+        await self._mirror(
+            session_id, "commit", lambda: self._shared.commit(session_id, absolute_byte, resume_token)
+        )
+
+    async def uncommitted(self, session_id: str) -> Uncommitted:
+        return await self._local.uncommitted(session_id)
+
+    async def delete(self, session_id: str) -> None:
+        await self._local.delete(session_id)
+        stale = session_id in self._stale
+        self._stale.discard(session_id)
+        if stale and time.monotonic() < self._down_until:
+            return  # its keys expire on their own (SESSION_TTL_S)
+        with contextlib.suppress(*_REDIS_FAILURES):  # else its keys expire on their own
+            await self._shared.delete(session_id)

@@ -5,25 +5,39 @@ response code. Events are buffered in memory and posted to the proxy's ``POST /v
 ``OYEZ_USAGE_FLUSH_S`` seconds in batches of at most 1000, which spools them durably and forwards
 them upstream. If the proxy is down they wait here (bounded) and are retried with backoff; the proxy
 ignores an event it already has, so a retry after an ambiguous failure counts nothing twice.
+
+With Redis, each event is also written to the shared outbox (``usage_outbox``) before its request
+is answered, and deleted from it once the proxy has it; every replica posts the entries another
+replica left behind for longer than ``OYEZ_USAGE_ORPHAN_AGE_S``. A replica killed with events in
+memory therefore loses none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import redis.exceptions
 
 from api_server.metrics import ApiMetrics
+from api_server.usage_outbox import UsageOutbox
 from oyez.logs import get_logger
 
 _log = get_logger("api_server.usage")
 BATCH_MAX = 1000
 BUFFER_MAX = 100_000
 MAX_BACKOFF_S = 60.0
+OUTBOX_WRITE_TIMEOUT_S = 1.0
+# After a failed outbox write, events go to memory only for this long: a Redis outage must not add
+# a timeout to every answer.
+OUTBOX_RETRY_AFTER_S = 5.0
+_OUTBOX_FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
 def usage_event(
@@ -39,6 +53,12 @@ def usage_event(
     }
 
 
+@dataclass
+class _Pending:
+    event: dict[str, Any]
+    outbox_id: str | None = None
+
+
 class UsageSender:
     def __init__(
         self,
@@ -48,22 +68,40 @@ class UsageSender:
         *,
         flush_s: float,
         timeout_s: float,
+        outbox: UsageOutbox | None = None,
+        orphan_age_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._client = httpx.AsyncClient(base_url=proxy_url, timeout=timeout_s, transport=transport)
         self._auth = {"Authorization": f"Token {license_key}"}
         self._metrics = metrics
         self._flush_s = flush_s
-        self._events: deque[dict[str, Any]] = deque()
+        self._outbox = outbox
+        self._orphan_age_s = orphan_age_s
+        self._outbox_down_until = 0.0
+        self._events: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
-    def record(self, event: dict[str, Any]) -> None:
+    async def record(self, event: dict[str, Any]) -> None:
+        """Keep the event until the proxy has it; with Redis, also make it durable before returning
+        (callers record before they answer)."""
         if len(self._events) >= BUFFER_MAX:
             self._events.popleft()
             self._metrics.usage_dropped.inc()
-        self._events.append(event)
+        pending = _Pending(event)
+        self._events.append(pending)
         self._metrics.usage_pending.set(len(self._events))
+        if self._outbox is None or time.monotonic() < self._outbox_down_until:
+            return
+        try:
+            pending.outbox_id = await asyncio.wait_for(self._outbox.add(event), OUTBOX_WRITE_TIMEOUT_S)
+        except _OUTBOX_FAILURES as exc:
+            self._outbox_down_until = time.monotonic() + OUTBOX_RETRY_AFTER_S
+            _log.warning(
+                "Could not write a usage event to the Redis outbox; it is kept in memory only",
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     @property
     def pending(self) -> int:
@@ -81,43 +119,84 @@ class UsageSender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), timeout=flush_timeout_s)
             if self._events:
-                _log.warning("Usage events not delivered at shutdown", pending=len(self._events))
+                _log.warning(
+                    "Usage events not delivered at shutdown"
+                    + ("; another replica will send them from the Redis outbox" if self._outbox else ""),
+                    pending=len(self._events),
+                )
         await self._client.aclose()
 
     async def _run(self) -> None:
         delay = self._flush_s
         while True:
             await asyncio.sleep(delay)
-            delay = self._flush_s if await self.flush() else min(delay * 2, MAX_BACKOFF_S)
+            delivered = await self.flush() and await self.sweep_orphans()
+            delay = self._flush_s if delivered else min(delay * 2, MAX_BACKOFF_S)
 
     async def flush(self) -> bool:
         """Send everything buffered; False (events kept) when the proxy did not take a batch."""
         while self._events:
             batch = [self._events[i] for i in range(min(BATCH_MAX, len(self._events)))]
-            try:
-                response = await self._client.post("/v1/usage", json={"events": batch}, headers=self._auth)
-            except httpx.HTTPError as exc:
-                return self._failed(f"{type(exc).__name__}: {exc}")
-            if response.status_code == 400:
-                # A malformed event is our bug; keeping it would block every later event.
-                _log.error("License proxy refused usage events", detail=response.text[:300])
-                self._drop(len(batch))
-                continue
-            if response.status_code != 202:
-                return self._failed(f"HTTP {response.status_code}")
-            self._drop(len(batch))
-            if self._failing:
-                _log.info("Usage events are reaching the license proxy again")
-            self._failing = False
+            status = await self._post([p.event for p in batch])
+            if status is None:
+                return False
+            for _ in batch:
+                self._events.popleft()
+            self._metrics.usage_pending.set(len(self._events))
+            await self._forget([p.outbox_id for p in batch if p.outbox_id is not None])
         return True
 
-    def _drop(self, count: int) -> None:
-        for _ in range(count):
-            self._events.popleft()
-        self._metrics.usage_pending.set(len(self._events))
+    async def sweep_orphans(self) -> bool:
+        """Post the outbox entries nobody deleted in time (their replica died); False when the
+        proxy did not take them (they stay for the next sweep)."""
+        if self._outbox is None or time.monotonic() < self._outbox_down_until:
+            return True
+        try:
+            entries = await self._outbox.orphans(self._orphan_age_s, BATCH_MAX)
+        except _OUTBOX_FAILURES:
+            return True  # Redis is down: nothing to sweep now; the record path reports it
+        readable = [e for e in entries if e.event is not None]
+        if len(readable) < len(entries):
+            unreadable = len(entries) - len(readable)
+            _log.error("Unreadable entries in the usage outbox; deleting them", count=unreadable)
+            await self._forget([e.entry_id for e in entries if e.event is None])
+        if not readable:
+            return True
+        if await self._post([e.event for e in readable if e.event is not None]) is None:
+            return False
+        _log.info("Sent usage events another replica left in the outbox", count=len(readable))
+        await self._forget([e.entry_id for e in readable])
+        return True
 
-    def _failed(self, error: str) -> bool:
+    async def _post(self, events: list[dict[str, Any]]) -> int | None:
+        """The proxy's status once it has settled the batch (202 taken, 400 refused for good);
+        None when it did not (unreachable or failing: try again later)."""
+        try:
+            response = await self._client.post("/v1/usage", json={"events": events}, headers=self._auth)
+        except httpx.HTTPError as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return None
+        if response.status_code == 400:
+            # A malformed event is our bug; keeping it would block every later event.
+            _log.error("License proxy refused usage events", detail=response.text[:300])
+            return 400
+        if response.status_code != 202:
+            self._failed(f"HTTP {response.status_code}")
+            return None
+        if self._failing:
+            _log.info("Usage events are reaching the license proxy again")
+        self._failing = False
+        return 202
+
+    async def _forget(self, entry_ids: list[str]) -> None:
+        """Delete delivered events from the outbox. If that fails they are posted again by a sweep
+        later, which the proxy ignores: harmless."""
+        if self._outbox is None or not entry_ids:
+            return
+        with contextlib.suppress(*_OUTBOX_FAILURES):
+            await self._outbox.remove(entry_ids)
+
+    def _failed(self, error: str) -> None:
         if not self._failing:
             _log.warning("Usage events cannot reach the license proxy; keeping them", error=error)
         self._failing = True
-        return False

@@ -85,7 +85,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_stack(state: Path) -> RunningStack:
+def start_stack(state: Path, *, concurrent_requests: int = 10_000) -> RunningStack:
     from license_proxy.issuer import development_key_pair
     from license_proxy.keys import issue_key
 
@@ -97,7 +97,7 @@ def start_stack(state: Path) -> RunningStack:
         features=["batch", "streaming", "timestamps", "punctuation"],
         limits={
             "requests_per_minute": 1_000_000,
-            "concurrent_requests": 10_000,
+            "concurrent_requests": concurrent_requests,
             "audio_hours_per_day": 10_000,
         },
     )

@@ -84,6 +84,45 @@ def memory_growth(samples: Sequence[tuple[float, dict[str, float]]], warmup_s: f
     return {name: last[name] - first[name] for name in first if name in last}
 
 
+FLAT_MIB = 16.0  # absolute allowance over a soak: allocator noise, caches filling
+FLAT_FRACTION = 0.03  # relative allowance, of the component's mean RSS
+
+
+def memory_trend(samples: Sequence[tuple[float, dict[str, float]]], warmup_s: float) -> dict[str, float]:
+    """Per component: the least-squares slope of RSS (MiB per minute) over the samples after
+    ``warmup_s``; one spike moves it far less than it moves last-minus-first."""
+    settled = [(t, rss) for t, rss in samples if t >= warmup_s]
+    if len(settled) < 3:
+        return {}
+    trends: dict[str, float] = {}
+    for name in settled[0][1]:
+        points = [(t, rss[name]) for t, rss in settled if name in rss]
+        mean_t = sum(t for t, _ in points) / len(points)
+        mean_m = sum(m for _, m in points) / len(points)
+        spread = sum((t - mean_t) ** 2 for t, _ in points)
+        if spread > 0:
+            trends[name] = 60.0 * sum((t - mean_t) * (m - mean_m) for t, m in points) / spread
+    return trends
+
+
+def memory_verdict(
+    samples: Sequence[tuple[float, dict[str, float]]], warmup_s: float
+) -> dict[str, tuple[float, bool]]:
+    """Per component: (the trend's growth over the settled window in MiB, flat?). Flat means under
+    ``FLAT_MIB`` or ``FLAT_FRACTION`` of its mean RSS, whichever is larger."""
+    settled = [(t, rss) for t, rss in samples if t >= warmup_s]
+    if len(settled) < 3:
+        return {}
+    minutes = (settled[-1][0] - settled[0][0]) / 60.0
+    verdict: dict[str, tuple[float, bool]] = {}
+    for name, slope in memory_trend(samples, warmup_s).items():
+        values = [rss[name] for _, rss in settled if name in rss]
+        allowance = max(FLAT_MIB, FLAT_FRACTION * sum(values) / len(values))
+        growth = slope * minutes
+        verdict[name] = (growth, growth <= allowance)
+    return verdict
+
+
 def _component(process: psutil.Process) -> str:
     command = " ".join(process.cmdline())
     for needle, name in (
@@ -175,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=30.0, help="memory growth is counted after this")
+    parser.add_argument(
+        "--concurrent-limit",
+        type=int,
+        default=10_000,
+        help="the key's concurrent_requests: set it below the clients to load above the admitted capacity",
+    )
     args = parser.parse_args(argv)
 
     payloads = [
@@ -184,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     batch, streams = Tally(), Tally()
     samples: list[tuple[float, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="oyez-bench-load-") as scratch:
-        stack = start_stack(Path(scratch) / "state")
+        stack = start_stack(Path(scratch) / "state", concurrent_requests=args.concurrent_limit)
         stop = threading.Event()
         threads = [
             threading.Thread(
@@ -214,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
                 thread.join(timeout=180)
             wall = time.perf_counter() - started
             stop_stack(stack)
-    print(f"\nLoad: {args.batch_clients} batch clients, {args.streams} real-time streams, {wall:.0f} s\n")
+    print(
+        f"\nLoad: {args.batch_clients} batch clients, {args.streams} real-time streams, {wall:.0f} s, "
+        f"key concurrent_requests={args.concurrent_limit}\n"
+    )
     print("| kind | ok | audio s/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
     print(summary_row("batch (5/20/60 s)", batch, wall))
@@ -226,15 +274,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {t:.0f} | " + " | ".join(f"{rss.get(c, 0.0):.0f}" for c in components) + " |")
     growth = memory_growth(samples, args.warmup_s)
     print(
-        "\nMemory growth after warm-up (MiB): "
+        "\nMemory growth after warm-up, last minus first (MiB): "
         + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(growth.items()))
+    )
+    verdict = memory_verdict(samples, args.warmup_s)
+    print(
+        "Memory trend after warm-up (least squares, MiB over the window): "
+        + ", ".join(
+            f"{k} {g:+.1f} ({'flat' if flat else 'GROWING'})" for k, (g, flat) in sorted(verdict.items())
+        )
     )
     errors = sum(v for t in (batch, streams) for k, v in t.statuses.items() if k != "ok")
     server_errors = sum(
         v for t in (batch, streams) for k, v in t.statuses.items() if k.startswith("5") and k != "503"
     )
     print(f"Errors: {errors}, of which server errors (5xx other than 503): {server_errors}")
-    return 1 if server_errors else 0
+    growing = [name for name, (_, flat) in verdict.items() if not flat]
+    return 1 if server_errors or growing else 0
 
 
 if __name__ == "__main__":

@@ -140,8 +140,9 @@ def build_app(
         events = [to_upstream_event(event, salt) for event in intake.events]
         try:
             accepted, duplicates = await asyncio.to_thread(spool.add, events)
-        except SpoolFull as exc:
-            return _error(507, {"error": str(exc), "code": "USAGE_SPOOL_FULL"})
+        except SpoolFull as exc:  # the event limit, or a full disk: the sender keeps them and retries
+            _log.warning("Usage events refused: the spool is full", reason=str(exc))
+            return _error(507, {"error": str(exc), "code": "USAGE_SPOOL_FULL"}, {"Retry-After": "30"})
         metrics.usage_events.inc(accepted)
         metrics.usage_duplicates.inc(duplicates)
         unsealed = await asyncio.to_thread(spool.unsealed_count)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import time
 
 from license_proxy.clock import Clock
@@ -62,7 +63,14 @@ class UsageReporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, deadline - time.monotonic()))
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except sqlite3.Error as exc:  # e.g. the state volume is full: the spool is intact, retry
+                _log.warning(
+                    "Usage spool not writable; delivery resumes when it is",
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=self._flush_interval_s,
+                )
             deadline = time.monotonic() + self._flush_interval_s
 
     async def flush(self, *, give_up_after_s: float | None = None) -> bool:

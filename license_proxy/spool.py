@@ -61,6 +61,14 @@ class SpoolFull(Exception):
     """The spool holds its configured maximum of unsent events."""
 
 
+class SpoolDiskFull(SpoolFull):
+    """The spool's disk (``OYEZ_LICENSE_STATE_DIR``) has no room for the events."""
+
+
+def _is_disk_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+
+
 @dataclass(frozen=True)
 class SealedBatch:
     batch_id: str
@@ -97,7 +105,19 @@ class UsageSpool:
             return value
 
     def add(self, events: list[UsageEvent]) -> tuple[int, int]:
-        """Store new events durably; returns (accepted, duplicates). Raises :class:`SpoolFull`."""
+        """Store new events durably; returns (accepted, duplicates). Raises :class:`SpoolFull`, or
+        :class:`SpoolDiskFull` when the disk has no room (nothing is stored then)."""
+        try:
+            return self._add(events)
+        except sqlite3.OperationalError as exc:
+            if not _is_disk_full(exc):
+                raise
+            raise SpoolDiskFull(
+                f"the usage spool's disk is full ({self.path.parent}): free space there or give the "
+                "license proxy's state volume more room; the events were not stored, send them again"
+            ) from exc
+
+    def _add(self, events: list[UsageEvent]) -> tuple[int, int]:
         with self._lock, self._transaction():
             depth = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             if depth + len(events) > self.max_events:

@@ -237,7 +237,15 @@ class LicenseValidator:
                 self.terms.license_id, self.digest, checked_at=now, revoked=True, revoked_reason=reason
             )
             _log.error("License server refused the license", status=verdict.status, reason=verdict.reason)
-        await asyncio.to_thread(self._store.save, self._cached)
+        try:
+            await asyncio.to_thread(self._store.save, self._cached)
+        except OSError as exc:  # e.g. the state volume is full; the check itself succeeded
+            _log.warning(
+                "Could not save the license check; after a restart the grace period counts from the "
+                "last saved check",
+                path=str(self._store.path),
+                error=f"{type(exc).__name__}: {exc}",
+            )
         self.tick()
         return True
 

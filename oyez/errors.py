@@ -77,6 +77,12 @@ class ModelError(OyezError):
     code = "MODEL_ERROR"
 
 
+class ModelCacheFull(ModelError):
+    """The model cache's disk has no room for the model (a worker waits and tries again)."""
+
+    code = "MODEL_CACHE_FULL"
+
+
 class ServiceUnavailable(OyezError):
     """Not ready (loading, warming, draining)."""
 

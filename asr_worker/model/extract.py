@@ -19,6 +19,7 @@ the bundle is stripped, so ``dest`` always holds the bundle files at its root.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -173,6 +174,10 @@ class _MemberChecker:
         return name
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, root: Path) -> None:
     """Extract one checked member under ``root`` and confirm the bytes written match its header."""
     member.name = name
@@ -182,6 +187,8 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, ro
         else:  # pragma: no cover - Python 3.11 before 3.11.4
             tar.extract(member, root)
     except (OSError, tarfile.TarError) as exc:
+        if _disk_full(exc):
+            raise  # the disk, not the archive: the caller says what to do about it
         raise ModelError(f"Could not extract archive member {name!r}: {exc}") from exc
     if member.isreg() and (root / name).stat().st_size != member.size:
         raise ModelError(f"Archive member {name!r} did not extract to its declared {member.size} bytes")
@@ -210,6 +217,8 @@ def _extract_stream(
                         _extract_member(tar, member, name, root)
                         extracted += 1
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+            if _disk_full(exc):
+                raise
             raise ModelError(f"{archive.name} is not a readable tar archive: {exc}") from exc
     return extracted
 

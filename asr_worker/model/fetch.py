@@ -24,6 +24,7 @@ local bundles need neither it nor boto3.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ from tqdm import tqdm
 
 from asr_worker.model.bundle import sha256_file, verify_bundle
 from asr_worker.model.extract import is_archive_name, safe_extract_tar
-from oyez.errors import ModelError
+from oyez.errors import ModelCacheFull, ModelError
 from oyez.logs import get_logger
 
 if TYPE_CHECKING:
@@ -500,7 +501,14 @@ def _materialize(source: _Source, cache_dir: Path, expected_sha256: str | None, 
         if _is_cached(target, source.safe_url):  # someone finished while we waited
             return target
         _remove_leftovers(cache_dir, key)
-        archive = _obtain_archive(source, cache_dir / f"{key}.part", options)
+        part = cache_dir / f"{key}.part"
+        try:
+            archive = _obtain_archive(source, part, options)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            part.unlink(missing_ok=True)  # a partial download must not keep the disk full
+            raise _cache_full(cache_dir, source, exc) from exc
         owned = archive != source.path
         try:
             digest = _check_archive_sha256(archive, expected_sha256)
@@ -510,11 +518,31 @@ def _materialize(source: _Source, cache_dir: Path, expected_sha256: str | None, 
                 "completed_at": datetime.now(UTC).isoformat(),
             }
             _install(archive, target, cache_dir, key, marker)
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise _cache_full(cache_dir, source, exc) from exc
         finally:
             if owned:  # a bad archive must not be resumed; a good one is no longer needed
                 archive.unlink(missing_ok=True)
     _log().info("Model ready", path=str(target), url=source.safe_url)
     return target
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _cache_full(cache_dir: Path, source: _Source, exc: OSError) -> ModelCacheFull:
+    """The error for a full cache disk; partial files are already gone, so the space is free again."""
+    free_mb = shutil.disk_usage(cache_dir).free / 1e6
+    return ModelCacheFull(
+        f"The model cache {cache_dir} (OYEZ_MODEL_CACHE_DIR) ran out of space while storing the model "
+        f"from {source.safe_url} ({exc.strerror}); {free_mb:.0f} MB are free now that the partial files "
+        "are removed. Give the cache volume more room (the model's archive plus its unpacked size) or "
+        "free space on it.",
+        cache_dir=str(cache_dir),
+        free_mb=round(free_mb, 1),
+    )
 
 
 def _verify_in_place(directory: Path, expected_sha256: str | None) -> Path:

@@ -34,7 +34,7 @@ from asr_worker.service.lifecycle import Phase, WorkerLifecycle
 from asr_worker.service.metrics import WorkerMetrics
 from asr_worker.service.registry import WorkerRecord, WorkerRegistry
 from asr_worker.service.settings import WorkerSettings
-from oyez.errors import OyezError
+from oyez.errors import ModelCacheFull, OyezError
 from oyez.logs import configure_logging, get_logger
 from oyez.proto import asr_v1_pb2 as pb
 from oyez.proto import asr_v1_pb2_grpc as pb_grpc
@@ -112,11 +112,19 @@ class WorkerApp:
 
     async def load(self) -> None:
         """Build the engine in a thread, flip to ready, register in Redis. Raises what the factory raised."""
-        try:
-            engine = await _call_in_daemon_thread(self._engine_factory, self.settings)
-        except BaseException:
-            self.lifecycle.mark_failed()
-            raise
+        while True:
+            try:
+                engine = await _call_in_daemon_thread(self._engine_factory, self.settings)
+                break
+            except ModelCacheFull as exc:
+                # Not the model's fault: once the volume has room again (resized, or space freed) the
+                # next try succeeds, with no restart and no crash loop. Until then: not ready.
+                retry_s = self.settings.model_retry_s
+                _log.error(f"{exc.message} Trying again in {retry_s:g}s.", code=exc.code)
+                await asyncio.sleep(retry_s)
+            except BaseException:
+                self.lifecycle.mark_failed()
+                raise
         if self.lifecycle.phase is not Phase.LOADING:
             return  # drained while loading
         self.lifecycle.mark_ready(engine)

@@ -132,6 +132,12 @@ class WorkerSettings(BaseSettings):
         le=3600,
         description="On SIGTERM, how long in-flight work may finish before it is cancelled.",
     )
+    model_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="With a full model cache the worker stays up, not ready, and tries again this often.",
+    )
     heartbeat_s: float = Field(
         default=5.0, gt=0, le=300, description="Interval between registry heartbeats in Redis."
     )

@@ -17,6 +17,7 @@ import soundfile as sf
 from asr_worker.engine.transcriber import EngineConfig, WhisperEngine
 from asr_worker.model.build import build_model
 from tests.integration.api_stack import ApiStack, new_stack
+from tests.integration.job_support import Receiver, serve_receiver
 from tests.speech_data import SpeechClip, load_speech_manifest
 
 TEST_MODEL = "whisper-tiny.en"
@@ -62,3 +63,10 @@ def api_stack(
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A local webhook receiver for asynchronous jobs (see tests/integration/job_support.py)."""
+    with serve_receiver() as serving:
+        yield serving

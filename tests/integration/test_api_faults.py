@@ -7,8 +7,6 @@ import itertools
 import json
 import re
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,40 +18,13 @@ import pytest
 import soundfile as sf
 from websockets.sync.client import connect
 
-from tests.conftest import _redis_server_binary, _wait_for_port
 from tests.integration.api_stack import ApiStack, Worker, long_speech_wav, new_stack, wait_http
 from tests.license_support import dev_key
+from tests.redis_process import RedisServer
 from tests.service_process import ServiceProcess, free_port
 from tests.speech_data import SPEECH_DIR
 
 TIMEOUT = 180.0
-
-
-class RedisServer:
-    """A redis-server of this module's own, so it can be killed and restarted on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.workdir = tempfile.mkdtemp(prefix="oyez-redis-faults-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait_for_port(self.port, self.proc)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 LONG = long_speech_wav(45.0)

@@ -16,7 +16,8 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.integration.api_stack import ApiStack, new_stack, normalise, wait_http
-from tests.integration.test_api_faults import JFK, RedisServer
+from tests.integration.test_api_faults import JFK
+from tests.redis_process import RedisServer
 from tests.tcp_fault_proxy import FaultProxy
 
 TIMEOUT = 60.0  # a request that takes longer than this is treated as hung

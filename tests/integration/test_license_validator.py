@@ -8,11 +8,15 @@ unreachable on demand (the process-level tests in test_license_processes.py use 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import io
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -309,6 +313,66 @@ def test_usage_uploads_are_signed_and_carry_no_key(world: World, tmp_path: Path)
             if request.url.path == "/v1/usage":
                 assert world.key.encode() not in request.content
                 assert all(world.key not in value for value in request.headers.values())
+        spool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_full_state_volume_stops_neither_revalidation_nor_the_reporter(
+    world: World, tmp_path: Path, log_lines: io.StringIO
+) -> None:
+    """ENOSPC on the proxy's state volume: the license check still counts (saving it is logged), and
+    the reporter loop outlives spool write errors and delivers once the spool is writable again."""
+
+    async def scenario() -> None:
+        validator = world.validator()
+        await validator.startup()
+
+        def disk_full(_cached: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(validator._store, "save", disk_full)
+            assert await validator.revalidate() is True
+        assert "Could not save the license check" in log_lines.getvalue()
+
+        spool = UsageSpool(tmp_path / "usage.db")
+        reporter = UsageReporter(
+            spool=spool,
+            client=LicenseServerClient("http://license-server.test", transport=world.transport),
+            license_id=validator.terms.license_id,
+            key_digest=validator.digest,
+            clock=world.clock,
+            metrics=ProxyMetrics(),
+            flush_interval_s=0.02,
+            retry_initial_s=0.01,
+            retry_max_s=0.02,
+        )
+        spool.add([to_upstream_event(e, spool.salt()) for e in _events(3)])
+        failures = 0
+        real_seal = spool.seal
+
+        def seal_on_a_full_disk(*args: Any, **kwargs: Any) -> str | None:
+            nonlocal failures
+            if failures < 2:
+                failures += 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_seal(*args, **kwargs)
+
+        spool.seal = seal_on_a_full_disk  # type: ignore[method-assign]
+        running = asyncio.create_task(reporter.run())
+        try:
+            for _ in range(500):
+                if world.store.usage_totals():
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        assert failures == 2
+        assert world.store.usage_totals()[0].events == 3
+        assert "Usage spool not writable; delivery resumes when it is" in log_lines.getvalue()
         spool.close()
 
     asyncio.run(scenario())

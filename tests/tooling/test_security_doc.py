@@ -3,34 +3,10 @@ document cannot drift from what CI checks."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from tests.tooling.doc_references import ROOT, check_named_tests
 
-ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "SECURITY.md"
-TESTS = ROOT / "tests"
-
-
-def _resolve(name: str) -> Path | None:
-    path = ROOT / name
-    if path.exists():
-        return path
-    matches = [p for p in TESTS.rglob(Path(name).name)]
-    return matches[0] if len(matches) == 1 else None
 
 
 def test_every_test_security_md_names_exists() -> None:
-    text = DOC.read_text()
-    references = re.findall(r"`((?:tests/)?[\w/]*test_\w+\.py/?)?(::\w+)?`", text)
-    checked = 0
-    current: Path | None = None
-    for file_name, test_name in references:
-        if file_name:
-            current = _resolve(file_name.rstrip("/"))
-            assert current is not None, f"SECURITY.md names {file_name}, which does not exist"
-            checked += 1
-        if test_name:
-            assert current is not None, f"{test_name} follows no test file"
-            assert f"def {test_name[2:]}(" in current.read_text(), f"{test_name} is not in {current.name}"
-            checked += 1
-    assert checked >= 20, "the references were found (else this test checks nothing)"
+    check_named_tests(DOC, minimum=20)

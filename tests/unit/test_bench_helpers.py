@@ -210,3 +210,22 @@ def test_memory_growth_is_counted_from_the_first_sample_after_warmup() -> None:
     ]
     assert memory_growth(samples, warmup_s=30.0) == {"api": 1.0, "worker": 4.0}
     assert memory_growth(samples[:1], warmup_s=0.0) == {}, "one sample shows no growth"
+
+
+def test_memory_verdict_uses_the_trend_and_a_relative_allowance() -> None:
+    from bench.load import memory_trend, memory_verdict
+
+    # api: flat with one spike; worker: a steady 1 MiB a minute leak over 10 minutes.
+    samples = [
+        (t, {"api": 100.0 + (30.0 if t == 300 else 0.0), "worker": 1000.0 + t / 60.0})
+        for t in range(0, 660, 60)
+    ]
+    trend = memory_trend(samples, warmup_s=60.0)
+    assert abs(trend["worker"] - 1.0) < 1e-9
+    verdict = memory_verdict(samples, warmup_s=60.0)
+    assert verdict["api"][1] is True, "a single spike is not growth"
+    assert verdict["worker"] == (pytest.approx(9.0), True), "9 MiB on 1 GB is within 3 %"
+    leaking = [(t, {"api": 100.0 + t / 20.0}) for t in range(0, 660, 60)]
+    growth, flat = memory_verdict(leaking, warmup_s=60.0)["api"]
+    assert growth == pytest.approx(27.0) and flat is False
+    assert memory_verdict(samples[:2], warmup_s=0.0) == {}, "two samples make no trend"
