@@ -31,7 +31,7 @@ from api_server.limits import Lease, RateLimited
 from api_server.state import ApiState
 from api_server.stream_bridge import StreamBridge, StreamRefused, WorkerLost
 from api_server.stream_params import StreamParams, parse_stream_params
-from api_server.usage import usage_event
+from api_server.usage import StreamUsageMark, usage_event
 from oyez.errors import OyezError, UnsupportedLanguage
 from oyez.http_auth import key_from_authorization
 from oyez.logs import bind_request_id, clear_request_id, get_logger
@@ -191,9 +191,10 @@ async def listen_stream(websocket: WebSocket) -> None:
     lease: Lease | None = None
     bridge: StreamBridge | None = None
     outcome = "completed"
+    mark = state.usage.stream_mark(request_id, params.features()) if state.usage is not None else None
     try:
         lease = await admit(state, grant)
-        bridge = await _run_session(state, websocket, params, session_id, request_id)
+        bridge = await _run_session(state, websocket, params, session_id, request_id, mark)
     except RateLimited as exc:
         outcome = "rate limited"
         await _send_error(websocket, session_id, exc.message, exc.code, CLOSE_POLICY)
@@ -221,6 +222,8 @@ async def listen_stream(websocket: WebSocket) -> None:
                     else 499,
                 )
             )
+        if mark is not None:
+            await mark.drop()
         _log.info(
             f"Stream {outcome}: {session_id}",
             audio_seconds=round(seconds, 3),
@@ -231,7 +234,12 @@ async def listen_stream(websocket: WebSocket) -> None:
 
 
 async def _run_session(
-    state: ApiState, websocket: WebSocket, params: StreamParams, session_id: str, request_id: str
+    state: ApiState,
+    websocket: WebSocket,
+    params: StreamParams,
+    session_id: str,
+    request_id: str,
+    mark: StreamUsageMark | None,
 ) -> StreamBridge:
     async def send(body: dict[str, Any]) -> None:
         await websocket.send_text(json.dumps(body))
@@ -251,6 +259,7 @@ async def _run_session(
     client_task = asyncio.create_task(_pump_client(websocket, bridge, state.settings.stream_idle_timeout_s))
     slot_task = asyncio.create_task(bridge.connected.wait())
     slot_task.add_done_callback(lambda _: state.metrics.stream_queue_depth.dec())
+    mark_task = asyncio.create_task(mark.keep(lambda: bridge.audio_seconds)) if mark is not None else None
     try:
         await asyncio.wait({worker_task, client_task}, return_when=asyncio.FIRST_COMPLETED)
         if client_task.done() and not worker_task.done():
@@ -279,7 +288,7 @@ async def _run_session(
     finally:
         state.metrics.active_streams.dec()
         state.metrics.stream_failovers.inc(bridge.failovers)
-        for task in (client_task, worker_task, slot_task):
+        for task in (client_task, worker_task, slot_task, *([mark_task] if mark_task else [])):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception, WebSocketDisconnect):
                 await task

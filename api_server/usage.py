@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -102,6 +103,12 @@ class UsageSender:
                 "Could not write a usage event to the Redis outbox; it is kept in memory only",
                 error=f"{type(exc).__name__}: {exc}",
             )
+
+    def stream_mark(self, request_id: str, features: list[str]) -> StreamUsageMark | None:
+        """A provisional event for a stream still running (with Redis only); see StreamUsageMark."""
+        if self._outbox is None:
+            return None
+        return StreamUsageMark(self._outbox, request_id, features, refresh_s=self._orphan_age_s / 3)
 
     @property
     def pending(self) -> int:
@@ -200,3 +207,49 @@ class UsageSender:
         if not self._failing:
             _log.warning("Usage events cannot reach the license proxy; keeping them", error=error)
         self._failing = True
+
+
+class StreamUsageMark:
+    """A stream's usage so far, kept in the outbox while the stream runs.
+
+    A stream's real event is recorded when the session ends. If its replica dies first, the mark is
+    what remains: it is swept like any orphan and bills the audio up to its last refresh, with
+    response code 499 (the connection was cut). It is refreshed (a new entry, the old one deleted)
+    every ``refresh_s``, a third of the orphan age, so a live stream's mark is never swept; the real
+    event replaces it at the end. Failures are ignored: the mark is a safety net, not the record.
+    """
+
+    def __init__(
+        self, outbox: UsageOutbox, request_id: str, features: list[str], *, refresh_s: float
+    ) -> None:
+        self._outbox = outbox
+        self._request_id = request_id
+        self._features = features
+        self.refresh_s = refresh_s
+        self._entry_id: str | None = None
+
+    async def refresh(self, audio_seconds: float) -> None:
+        event = usage_event(
+            self._request_id, audio_seconds=audio_seconds, features=self._features, response_code=499
+        )
+        try:
+            entry_id = await asyncio.wait_for(self._outbox.add(event), OUTBOX_WRITE_TIMEOUT_S)
+        except _OUTBOX_FAILURES:
+            return
+        previous, self._entry_id = self._entry_id, entry_id
+        if previous is not None:
+            with contextlib.suppress(*_OUTBOX_FAILURES):
+                await self._outbox.remove([previous])
+
+    async def keep(self, audio_seconds: Callable[[], float]) -> None:
+        """Refresh until cancelled."""
+        while True:
+            await self.refresh(audio_seconds())
+            await asyncio.sleep(self.refresh_s)
+
+    async def drop(self) -> None:
+        """The real event is recorded: the mark goes (if this fails, the proxy dedupes the sweep)."""
+        if self._entry_id is not None:
+            with contextlib.suppress(*_OUTBOX_FAILURES):
+                await self._outbox.remove([self._entry_id])
+            self._entry_id = None

@@ -9,6 +9,7 @@ promises: docs/faults.md."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
@@ -28,7 +29,7 @@ from websockets.sync.client import connect
 
 from tests.integration.api_stack import ApiStack, long_speech_wav, new_stack, normalise, wait_http
 from tests.integration.job_support import JOB_ENV, Receiver, accepted, assert_signed, submit, wait_job
-from tests.integration.usage_accounting import assert_each_counted_once
+from tests.integration.usage_accounting import assert_each_counted_once, upstream_event
 from tests.redis_process import RedisServer
 from tests.speech_data import SPEECH_DIR
 
@@ -147,6 +148,37 @@ def test_api_killed_under_load_loses_no_usage_event(stack: ApiStack) -> None:
     start_api(stack)
     assert_each_counted_once(stack, answered)
     assert "Sent usage events another replica left in the outbox" in stack.api.log
+
+
+def test_stream_cut_by_its_api_replica_dying_is_billed_up_to_the_cut(stack: ApiStack) -> None:
+    """The stream's real event is written when it ends; its replica's death leaves the provisional
+    mark (refreshed every third of the orphan age), which another replica sends as a 499."""
+    clips = [sf.read(SPEECH_DIR / name, dtype="int16")[0].tobytes() for name in
+             ("jfk.wav", "librivox_0870.wav")]  # fmt: skip
+    audio = clips[0] + bytes(2 * 16000 * 2) + clips[1]  # the pause ends the first final
+    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream"
+    assert stack.api is not None
+    victim = stack.api
+    with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
+        sent = 0
+        while True:
+            ws.send(audio[sent : sent + 8000])  # 0.25 s of audio, at 2x real time
+            sent += 8000
+            time.sleep(0.125)
+            with contextlib.suppress(TimeoutError):
+                message = json.loads(ws.recv(timeout=0))
+                if message.get("is_final") and message.get("transcript"):
+                    break
+            assert sent < len(audio), "no final in the whole clip"
+        session = message["session_id"]
+        time.sleep(float(ORPHAN_AGE_S))  # at least one refresh after the final
+        victim.stop(signal.SIGKILL)
+    line = next(line for line in victim.lines if session in line and "/v1/listen/stream" in line)
+    request_id = re.search(r"request_id=(req_[0-9a-f]+)", line).group(1)  # type: ignore[union-attr]
+    start_api(stack)
+    seconds, status = upstream_event(stack, request_id)
+    assert status == 499, "billed as a cut connection"
+    assert 1.0 < seconds <= sent / 32000, (seconds, sent / 32000)
 
 
 def test_license_proxy_killed_under_load_loses_no_usage_event(stack: ApiStack) -> None:

@@ -38,3 +38,19 @@ def assert_each_counted_once(stack: ApiStack, request_ids: list[str], timeout_s:
         time.sleep(0.25)
     twice = [rid for digest, rid in wanted.items() if counted[digest] > 1]
     assert not twice, f"counted more than once: {twice}"
+
+
+def upstream_event(stack: ApiStack, request_id: str, timeout_s: float = 60) -> tuple[float, int]:
+    """(audio_seconds, response_code) of the one event the license server has for ``request_id``."""
+    digest = hash_request_id(_salt(stack), request_id)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sqlite3.connect(stack.tmp / "server.sqlite3") as conn:
+            rows = conn.execute(
+                "SELECT audio_seconds, response_code FROM usage_events WHERE request_id_hash = ?", (digest,)
+            ).fetchall()
+        if rows:
+            assert len(rows) == 1, f"counted {len(rows)} times: {rows}"
+            return float(rows[0][0]), int(rows[0][1])
+        assert time.monotonic() < deadline, f"no usage event arrived for {request_id}"
+        time.sleep(0.25)

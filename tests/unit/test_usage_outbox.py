@@ -5,6 +5,7 @@ runs the real one with kill -9."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -204,3 +205,44 @@ def test_without_redis_events_stay_in_memory_until_delivered() -> None:
         assert await sender.flush() is True and proxy.ids() == ["req_1"]
 
     asyncio.run(scenario())
+
+
+def test_a_stream_mark_is_refreshed_replaced_and_swept_only_when_orphaned(outbox_url: str) -> None:
+    proxy = Proxy()
+
+    async def scenario(client: redis.Redis) -> None:
+        sender = _sender(proxy, client, orphan_age_s=0.3)
+        mark = sender.stream_mark("req_stream", ["streaming"])
+        assert mark is not None and mark.refresh_s == pytest.approx(0.1)
+        await mark.refresh(1.0)
+        await mark.refresh(2.5)
+        [(_, fields)] = await client.xrange(OUTBOX_KEY)
+        assert json.loads(fields[b"event"])["audio_seconds"] == 2.5, "one entry: the latest"
+
+        # A live stream: kept fresh, so a sweep never takes it.
+        seconds = iter(range(3, 100))
+        keeper = asyncio.create_task(mark.keep(lambda: float(next(seconds))))
+        await asyncio.sleep(0.5)
+        assert await sender.sweep_orphans() is True and proxy.received == []
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        # The stream ends normally: the real event is recorded, the mark dropped.
+        await sender.record(
+            usage_event("req_stream", audio_seconds=9.0, features=["streaming"], response_code=101)
+        )
+        await mark.drop()
+        assert await client.xlen(OUTBOX_KEY) == 1
+        assert await sender.flush() is True and await client.xlen(OUTBOX_KEY) == 0
+
+        # Its replica dies mid-stream: the last mark is swept and bills the audio so far as 499.
+        orphan = sender.stream_mark("req_cut", ["streaming"])
+        assert orphan is not None
+        await orphan.refresh(4.0)
+        await asyncio.sleep(0.35)
+        assert await sender.sweep_orphans() is True
+        cut = [e for e in proxy.received if e["request_id"] == "req_cut"]
+        assert [(e["audio_seconds"], e["response_code"]) for e in cut] == [(4.0, 499)]
+        assert _sender(proxy, None).stream_mark("req_x", []) is None, "no Redis, no mark"
+
+    _run(outbox_url, scenario)
