@@ -7,17 +7,23 @@ module; tests that kill a part start their own extra processes.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import re
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import redis
 import soundfile as sf
+from websockets.sync.client import connect
 
 from license_proxy.keys import TrustPolicy, verify_signature
 from tests.license_support import dev_key
@@ -174,6 +180,24 @@ def new_stack(tmp: Path, bundle: Path, redis_url: str) -> ApiStack:
     return ApiStack(tmp=tmp, bundle=bundle, redis_url=redis_url, key=key, license_id=terms.license_id)
 
 
+@contextlib.contextmanager
+def running_stack(
+    tmp: Path, bundle: Path, redis_url: str, *, workers: int, **api_env: str
+) -> Iterator[ApiStack]:
+    """License server and proxy, ``workers`` registered workers and the API, all ready; stopped after."""
+    stack = new_stack(tmp, bundle, redis_url)
+    try:
+        stack.start_license()
+        started = [stack.start_worker() for _ in range(workers)]
+        for worker in started:
+            stack.wait_worker(worker)
+        stack.start_api(**api_env)
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+
+
 def normalise(text: str) -> str:
     """Lower case, letters and spaces only: for comparing transcripts."""
     return re.sub(r"[^a-z ]", "", text.lower()).strip()
@@ -205,3 +229,58 @@ def long_speech_wav(seconds: float) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.concatenate(pieces), 16000, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
+
+
+@dataclass
+class StreamRun:
+    text: str  # the finals' transcripts, joined
+    session_id: str
+    errors: list[dict[str, Any]]
+    ended: bool  # the terminal message (is_last, or an error) arrived
+
+
+def stream_pcm(
+    stack: ApiStack,
+    audio: bytes,
+    on_message: Callable[[dict[str, Any]], None] = lambda _: None,
+    query: str = "",
+    timeout_s: float = 120.0,
+) -> StreamRun:
+    """Stream 16 kHz linear16 audio over ``/v1/listen/stream`` at about 4x real time, then
+    ``close_stream``; ``on_message`` sees every server message as it arrives."""
+    finals: list[str] = []
+    errors: list[dict[str, Any]] = []
+    session = [""]
+    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream{query}"
+    with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
+        done = threading.Event()
+
+        def receive() -> None:
+            while not done.is_set():
+                message = json.loads(ws.recv(timeout=timeout_s))
+                session[0] = message.get("session_id", session[0])
+                on_message(message)
+                if message.get("type") == "error":
+                    errors.append(message)
+                if message.get("type") == "transcription" and message["is_final"]:
+                    finals.append(message["transcript"])
+                if message.get("is_last") or message.get("type") == "error":
+                    done.set()
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        for start in range(0, len(audio), 4096):
+            ws.send(audio[start : start + 4096])
+            time.sleep(0.032)
+        ws.send(json.dumps({"type": "close_stream"}))
+        receiver.join(timeout_s + 60)
+    text = " ".join(t.strip() for t in finals if t.strip())
+    return StreamRun(text, session[0], errors, done.is_set())
+
+
+def stream_request_id(api_log_lines: list[str], session_id: str) -> str:
+    """The request id the API logged for a stream session (its usage event's id)."""
+    line = next(line for line in api_log_lines if session_id in line and "/v1/listen/stream" in line)
+    found = re.search(r"request_id=(req_[0-9a-f]+)", line)
+    assert found is not None, line
+    return found.group(1)

@@ -170,3 +170,22 @@ def assert_signed(hook: Hook) -> None:
     assert hook.headers[SIGNATURE_HEADER].startswith("sha256=")
     assert abs(int(hook.headers[TIMESTAMP_HEADER]) - time.time()) < 120
     assert verify(SECRET, hook.headers[TIMESTAMP_HEADER], hook.body, hook.headers[SIGNATURE_HEADER])
+
+
+def assert_each_job_delivered_once(
+    receiver: Receiver, stack: ApiStack, base_url: str, job_ids: list[str], seconds: float
+) -> None:
+    """Every job completes with exactly one signed webhook, and its stored result has the audio's
+    duration (within 0.1 s)."""
+    for job_id in job_ids:
+        receiver.wait(job_id, timeout=180)
+    time.sleep(3.0)  # time for any duplicate to show up
+    counts = {job_id: len(receiver.for_job(job_id)) for job_id in job_ids}
+    assert counts == dict.fromkeys(job_ids, 1), counts
+    for job_id in job_ids:
+        [hook] = receiver.for_job(job_id)
+        assert_signed(hook)
+        assert hook.json()["status"] == "completed", hook.json()
+        view = wait_job(base_url, stack, job_id, "delivered", timeout=30)
+        assert view["status"] == "completed"
+        assert abs(view["result"]["duration"] - seconds) <= 0.1, (view["result"]["duration"], seconds)

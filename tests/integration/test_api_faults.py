@@ -4,21 +4,26 @@ proxy down, Redis restarted, every worker busy (queue full, queue timeout), and 
 from __future__ import annotations
 
 import itertools
-import json
-import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import soundfile as sf
-from websockets.sync.client import connect
 
-from tests.integration.api_stack import ApiStack, Worker, long_speech_wav, new_stack, wait_http
+from tests.integration.api_stack import (
+    ApiStack,
+    Worker,
+    long_speech_wav,
+    running_stack,
+    stream_pcm,
+    stream_request_id,
+    wait_http,
+)
 from tests.license_support import dev_key
 from tests.redis_process import RedisServer
 from tests.service_process import ServiceProcess, free_port
@@ -43,17 +48,10 @@ def own_redis() -> Iterator[RedisServer]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, own_redis: RedisServer
 ) -> Iterator[ApiStack]:
-    api_stack = new_stack(tmp_path_factory.mktemp("faults"), tiny_bundle, own_redis.url)
-    try:
-        api_stack.start_license()
-        workers = [api_stack.start_worker(), api_stack.start_worker()]
-        for worker in workers:
-            api_stack.wait_worker(worker)
-        api_stack.start_api(OYEZ_AUTH_CACHE_TTL_S="600")
-        api_stack.wait_ready()
+    with running_stack(
+        tmp_path_factory.mktemp("faults"), tiny_bundle, own_redis.url, workers=2, OYEZ_AUTH_CACHE_TTL_S="600"
+    ) as api_stack:
         yield api_stack
-    finally:
-        api_stack.stop()
 
 
 def post_audio(stack: ApiStack, data: bytes, key: str | None = None, **headers: str) -> httpx.Response:
@@ -63,34 +61,6 @@ def post_audio(stack: ApiStack, data: bytes, key: str | None = None, **headers: 
         content=data,
         timeout=TIMEOUT,
     )
-
-
-def _stream_session(
-    stack: ApiStack, audio: bytes, on_message: Callable[[dict[str, Any]], None], query: str = ""
-) -> str:
-    """Stream 16 kHz linear16 audio at 4x real time, then close; the finals' text."""
-    finals: list[str] = []
-    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream{query}"
-    with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
-        done = threading.Event()
-
-        def receive() -> None:
-            while not done.is_set():
-                message = json.loads(ws.recv(timeout=120))
-                on_message(message)
-                if message.get("type") == "transcription" and message["is_final"]:
-                    finals.append(message["transcript"])
-                if message.get("is_last") or message.get("type") == "error":
-                    done.set()
-
-        receiver = threading.Thread(target=receive, daemon=True)
-        receiver.start()
-        for start in range(0, len(audio), 4096):
-            ws.send(audio[start : start + 4096])
-            time.sleep(0.032)
-        ws.send(json.dumps({"type": "close_stream"}))
-        receiver.join(180)
-    return " ".join(t.strip() for t in finals if t.strip())
 
 
 def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) -> None:
@@ -107,7 +77,7 @@ def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) ->
             final = (message["transcript"], message["speaker"], message["speaker_confidence"])
             speakers[run].append(final)
 
-    undisturbed = _stream_session(stack, audio, lambda m: speakers_of("undisturbed", m), diarized)
+    undisturbed = stream_pcm(stack, audio, lambda m: speakers_of("undisturbed", m), diarized).text
     assert "dashwood" in undisturbed.lower()
     kennedy_then_reader = [s for s, _ in itertools.groupby(s for _, s, _ in speakers["undisturbed"])]
     assert kennedy_then_reader == [0, 1], speakers["undisturbed"]
@@ -123,13 +93,12 @@ def test_stream_moves_to_another_worker_when_its_worker_dies(stack: ApiStack) ->
             return
         assert stack.api is not None
         session = message["session_id"]
-        line = next(line for line in stack.api.lines if session in line and "/v1/listen/stream" in line)
-        request_id = re.search(r"request_id=(req_[0-9a-f]+)", line).group(1)  # type: ignore[union-attr]
+        request_id = stream_request_id(stack.api.lines, session)
         victim = next(w for w in stack.workers if f"Stream received: {request_id}" in w.proc.log)
         victim.proc.proc.send_signal(signal.SIGKILL)
         killed.append(victim)
 
-    disturbed = _stream_session(stack, audio, kill_after_first_final, diarized)
+    disturbed = stream_pcm(stack, audio, kill_after_first_final, diarized).text
     assert killed, "the stream never produced a final before the end"
     assert not errors, errors
     assert disturbed == undisturbed

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.integration.api_stack import ApiStack, new_stack, normalise, wait_http
+from tests.integration.api_stack import ApiStack, normalise, running_stack, wait_http
 from tests.integration.test_api_faults import JFK
 from tests.redis_process import RedisServer
 from tests.tcp_fault_proxy import FaultProxy
@@ -37,16 +37,14 @@ def redis_behind_proxy() -> Iterator[FaultProxy]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, redis_behind_proxy: FaultProxy
 ) -> Iterator[ApiStack]:
-    api_stack = new_stack(tmp_path_factory.mktemp("netfaults"), tiny_bundle, redis_behind_proxy.url)
-    try:
-        api_stack.start_license()
-        worker = api_stack.start_worker()
-        api_stack.wait_worker(worker)
-        api_stack.start_api(OYEZ_AUTH_CACHE_TTL_S="600")
-        api_stack.wait_ready()
+    with running_stack(
+        tmp_path_factory.mktemp("netfaults"),
+        tiny_bundle,
+        redis_behind_proxy.url,
+        workers=1,
+        OYEZ_AUTH_CACHE_TTL_S="600",
+    ) as api_stack:
         yield api_stack
-    finally:
-        api_stack.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,16 @@ import pytest
 import soundfile as sf
 from websockets.sync.client import connect
 
-from tests.integration.api_stack import ApiStack, long_speech_wav, new_stack, normalise, wait_http
-from tests.integration.job_support import JOB_ENV, Receiver, accepted, assert_signed, submit, wait_job
+from tests.integration.api_stack import (
+    ApiStack,
+    long_speech_wav,
+    normalise,
+    running_stack,
+    stream_pcm,
+    stream_request_id,
+    wait_http,
+)
+from tests.integration.job_support import JOB_ENV, Receiver, accepted, assert_each_job_delivered_once, submit
 from tests.integration.usage_accounting import assert_each_counted_once, upstream_event
 from tests.redis_process import RedisServer
 from tests.speech_data import SPEECH_DIR
@@ -38,10 +45,12 @@ JFK = (SPEECH_DIR / "jfk.wav").read_bytes()
 ORPHAN_AGE_S = "2"
 
 
+API_ENV = {"OYEZ_AUTH_CACHE_TTL_S": "600", "OYEZ_USAGE_ORPHAN_AGE_S": ORPHAN_AGE_S, **JOB_ENV}
+
+
 def start_api(stack: ApiStack, **env: str) -> None:
-    stack.start_api(
-        **{"OYEZ_AUTH_CACHE_TTL_S": "600", "OYEZ_USAGE_ORPHAN_AGE_S": ORPHAN_AGE_S, **JOB_ENV, **env}
-    )
+    """A new API process (after a kill) with this module's settings."""
+    stack.start_api(**{**API_ENV, **env})
     stack.wait_ready()
 
 
@@ -57,16 +66,10 @@ def own_redis() -> Iterator[RedisServer]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path, own_redis: RedisServer
 ) -> Iterator[ApiStack]:
-    api_stack = new_stack(tmp_path_factory.mktemp("killload"), tiny_bundle, own_redis.url)
-    try:
-        api_stack.start_license()
-        workers = [api_stack.start_worker(), api_stack.start_worker()]
-        for worker in workers:
-            api_stack.wait_worker(worker)
-        start_api(api_stack)
+    with running_stack(
+        tmp_path_factory.mktemp("killload"), tiny_bundle, own_redis.url, workers=2, **API_ENV
+    ) as api_stack:
         yield api_stack
-    finally:
-        api_stack.stop()
 
 
 # --- load and accounting --------------------------------------------------------------------------
@@ -173,8 +176,7 @@ def test_stream_cut_by_its_api_replica_dying_is_billed_up_to_the_cut(stack: ApiS
         session = message["session_id"]
         time.sleep(float(ORPHAN_AGE_S))  # at least one refresh after the final
         victim.stop(signal.SIGKILL)
-    line = next(line for line in victim.lines if session in line and "/v1/listen/stream" in line)
-    request_id = re.search(r"request_id=(req_[0-9a-f]+)", line).group(1)  # type: ignore[union-attr]
+    request_id = stream_request_id(victim.lines, session)
     start_api(stack)
     seconds, status = upstream_event(stack, request_id)
     assert status == 499, "billed as a cut connection"
@@ -202,7 +204,8 @@ def test_redis_killed_under_load_and_mid_stream_loses_nothing(
              ("jfk.wav", "librivox_0870.wav", "librivox_0880.wav")]  # fmt: skip
     gap = bytes(2 * 16000 * 2)
     audio = b"".join(clip + gap for clip in clips)
-    undisturbed, _ = _stream(stack, audio, lambda message: None)
+    undisturbed = stream_pcm(stack, audio)
+    assert undisturbed.ended and not undisturbed.errors, undisturbed
 
     killed = threading.Event()
 
@@ -213,7 +216,8 @@ def test_redis_killed_under_load_and_mid_stream_loses_nothing(
 
     load = Load(stack, "rediskill")
     load.wait_answered(2)
-    disturbed, request_id = _stream(stack, audio, kill_redis_after_first_final)
+    disturbed = stream_pcm(stack, audio, kill_redis_after_first_final)
+    assert disturbed.ended and not disturbed.errors, disturbed
     assert killed.is_set(), "the stream never produced a final"
     own_redis.start()  # the same data directory: AOF replays what was fsynced
     assert stack.api is not None
@@ -221,12 +225,13 @@ def test_redis_killed_under_load_and_mid_stream_loses_nothing(
     load.wait_answered(len(load.answered()) + 2)
     load.stop()
 
-    assert disturbed == undisturbed, "no committed text lost or repeated"
-    assert "your country" in normalise(disturbed) and "dashwood" in normalise(disturbed)
+    assert disturbed.text == undisturbed.text, "no committed text lost or repeated"
+    assert "your country" in normalise(disturbed.text) and "dashwood" in normalise(disturbed.text)
     assert "Could not write streaming session state to Redis" in stack.api.log
     statuses = Counter(load.outcomes.values())
     assert statuses[200] >= 4 and set(statuses) <= {200, 503}, statuses
-    assert_each_counted_once(stack, [*load.answered(), request_id])
+    stream_id = stream_request_id(stack.api.lines, disturbed.session_id)
+    assert_each_counted_once(stack, [*load.answered(), stream_id])
     assert "Traceback" not in stack.api.log
 
 
@@ -235,63 +240,21 @@ def test_redis_killed_with_jobs_pending_every_job_completes_once(
 ) -> None:
     clip = long_speech_wav(20.0)
     seconds = sf.info(io.BytesIO(clip)).duration
-    job_ids = [
-        accepted(submit(stack.url, stack, f"{receiver.url}/ok/rediskill", audio=clip)) for _ in range(4)
-    ]
-    assert stack.api is not None
-    stack.api.wait_for_line("Job ", timeout=60)  # the runner has started on them
-    assert not receiver.hooks or all(h.job_id not in job_ids for h in receiver.hooks)
+    callback = f"{receiver.url}/ok/rediskill"
+    submitted = [submit(stack.url, stack, callback, audio=clip) for _ in range(4)]
+    job_ids = [accepted(response) for response in submitted]
+    first_request = submitted[0].headers["X-Request-ID"]  # what the job runner sends to the worker
+    deadline = time.monotonic() + 60
+    while not any(f"Request received: {first_request}" in w.proc.log for w in stack.workers):
+        assert time.monotonic() < deadline, "the first job never reached a worker"
+        time.sleep(0.02)
+    assert not any(receiver.for_job(job_id) for job_id in job_ids), "Redis dies with every job pending"
     # The promise covers jobs accepted at least a second before Redis dies: AOF fsyncs every second.
     time.sleep(1.5)
     own_redis.kill()
     time.sleep(2.0)
     own_redis.start()
-    for job_id in job_ids:
-        receiver.wait(job_id, timeout=180)
-    time.sleep(3.0)  # time for any duplicate to show up
-    counts = {job_id: len(receiver.for_job(job_id)) for job_id in job_ids}
-    assert counts == dict.fromkeys(job_ids, 1), counts
-    for job_id in job_ids:
-        [hook] = receiver.for_job(job_id)
-        assert_signed(hook)
-        assert hook.json()["status"] == "completed", hook.json()
-        view = wait_job(stack.url, stack, job_id, "delivered", timeout=30)
-        assert view["result"]["duration"] == pytest.approx(seconds, abs=0.1)
+    assert_each_job_delivered_once(receiver, stack, stack.url, job_ids, seconds)
+    assert stack.api is not None
     assert "Traceback" not in stack.api.log
     assert_each_counted_once(stack, job_ids)
-
-
-def _stream(stack: ApiStack, audio: bytes, on_message: Callable[[dict[str, Any]], None]) -> tuple[str, str]:
-    """Stream 16 kHz linear16 at about 4x real time, then close: (the finals' text, the request id)."""
-    finals: list[str] = []
-    errors: list[dict[str, Any]] = []
-    session: list[str] = []
-    url = f"ws://127.0.0.1:{stack.api_port}/v1/listen/stream"
-    with connect(url, additional_headers=stack.auth(), open_timeout=30) as ws:
-        done = threading.Event()
-
-        def receive() -> None:
-            while not done.is_set():
-                message = json.loads(ws.recv(timeout=TIMEOUT))
-                session[:] = [message.get("session_id", "")]
-                on_message(message)
-                if message.get("type") == "error":
-                    errors.append(message)
-                if message.get("type") == "transcription" and message["is_final"]:
-                    finals.append(message["transcript"])
-                if message.get("is_last") or message.get("type") == "error":
-                    done.set()
-
-        receiver = threading.Thread(target=receive, daemon=True)
-        receiver.start()
-        for start in range(0, len(audio), 4096):
-            ws.send(audio[start : start + 4096])
-            time.sleep(0.032)
-        ws.send(json.dumps({"type": "close_stream"}))
-        receiver.join(TIMEOUT)
-        assert done.is_set(), "the stream never ended"
-    assert not errors, errors
-    assert stack.api is not None
-    line = next(line for line in stack.api.lines if session[0] in line and "/v1/listen/stream" in line)
-    request_id = re.search(r"request_id=(req_[0-9a-f]+)", line).group(1)  # type: ignore[union-attr]
-    return " ".join(t.strip() for t in finals if t.strip()), request_id
