@@ -288,6 +288,8 @@ async def _run_session(
     finally:
         state.metrics.active_streams.dec()
         state.metrics.stream_failovers.inc(bridge.failovers)
+        if mark is not None:
+            mark.stop()
         for task in (client_task, worker_task, slot_task, *([mark_task] if mark_task else [])):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception, WebSocketDisconnect):

@@ -82,6 +82,7 @@ class UsageSender:
         self._outbox_down_until = 0.0
         self._events: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._failing = False
 
     async def record(self, event: dict[str, Any]) -> None:
@@ -118,10 +119,10 @@ class UsageSender:
         self._task = asyncio.create_task(self._run(), name="usage-sender")
 
     async def close(self, *, flush_timeout_s: float = 5.0) -> None:
+        self._closing = True  # the loop also stops on this, should a cancellation be swallowed
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=flush_timeout_s)
         if self._events:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), timeout=flush_timeout_s)
@@ -135,7 +136,7 @@ class UsageSender:
 
     async def _run(self) -> None:
         delay = self._flush_s
-        while True:
+        while not self._closing:
             await asyncio.sleep(delay)
             delivered = await self.flush() and await self.sweep_orphans()
             delay = self._flush_s if delivered else min(delay * 2, MAX_BACKOFF_S)
@@ -227,6 +228,7 @@ class StreamUsageMark:
         self._features = features
         self.refresh_s = refresh_s
         self._entry_id: str | None = None
+        self._stopped = False
 
     async def refresh(self, audio_seconds: float) -> None:
         event = usage_event(
@@ -242,10 +244,15 @@ class StreamUsageMark:
                 await self._outbox.remove([previous])
 
     async def keep(self, audio_seconds: Callable[[], float]) -> None:
-        """Refresh until cancelled."""
-        while True:
+        """Refresh until stopped (or cancelled)."""
+        while not self._stopped:
             await self.refresh(audio_seconds())
             await asyncio.sleep(self.refresh_s)
+
+    def stop(self) -> None:
+        """End ``keep`` at its next step, even if a cancellation was lost (asyncio.wait_for in Python
+        3.11 can turn one into a TimeoutError, which refresh ignores)."""
+        self._stopped = True
 
     async def drop(self) -> None:
         """The real event is recorded: the mark goes (if this fails, the proxy dedupes the sweep)."""

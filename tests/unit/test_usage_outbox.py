@@ -64,10 +64,10 @@ def _event(n: int) -> dict[str, Any]:
 
 def _run(url: str, scenario: Callable[[redis.Redis], Any]) -> None:
     async def main() -> None:
-        client = redis.Redis.from_url(url)
+        client = redis.Redis.from_url(url, socket_timeout=10)
         await client.flushdb()
         try:
-            await scenario(client)
+            await asyncio.wait_for(scenario(client), 60)  # a hang fails here, with its stack
         finally:
             await client.aclose()
 
@@ -246,3 +246,31 @@ def test_a_stream_mark_is_refreshed_replaced_and_swept_only_when_orphaned(outbox
         assert _sender(proxy, None).stream_mark("req_x", []) is None, "no Redis, no mark"
 
     _run(outbox_url, scenario)
+
+
+def test_close_returns_even_if_a_cancellation_is_swallowed() -> None:
+    """Python 3.11's asyncio.wait_for can turn a cancellation into a TimeoutError, which the sender
+    ignores as a Redis failure; close() and StreamUsageMark.stop() must still end the loops."""
+    proxy = Proxy()
+
+    class Swallowing(UsageSender):
+        async def flush(self) -> bool:
+            with contextlib.suppress(asyncio.CancelledError):  # lost, as wait_for can lose it
+                await asyncio.sleep(0.2)
+            return True
+
+    async def scenario() -> None:
+        sender = Swallowing(
+            "http://proxy.test",
+            "key",
+            ApiMetrics(),
+            flush_s=0.01,
+            timeout_s=2.0,
+            transport=httpx.MockTransport(proxy.handler),
+        )
+        sender.start()
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(sender.close(), 10)
+        assert sender._task is not None and sender._task.done()
+
+    asyncio.run(scenario())
