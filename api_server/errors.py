@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from oyez.constants import MAX_AUDIO_SECONDS, MAX_UPLOAD_BYTES, SUPPORTED_FORMATS
 from oyez.errors import OyezError
+
+# What a Redis call raises when Redis is down, slow or unreachable (connection refused and resets are
+# OSError; timeouts are TimeoutError, which asyncio.TimeoutError is on 3.11+).
+REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 class MissingParameter(OyezError):

@@ -13,9 +13,8 @@ import secrets
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
-from api_server.errors import InvalidLicense, http_error
+from api_server.errors import REDIS_FAILURES, InvalidLicense, http_error
 from api_server.license_gate import Grant
 from api_server.limits import Lease, RateLimited
 from api_server.state import ApiState
@@ -25,7 +24,6 @@ from oyez.logs import get_logger
 
 _log = get_logger("api_server.guard")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def new_request_id() -> str:
@@ -77,7 +75,7 @@ async def admit(state: ApiState, grant: Grant) -> Lease | None:
     except RateLimited as exc:
         state.metrics.rate_limited.labels(limit=exc.limit or "unknown").inc()
         raise
-    except _REDIS_FAILURES as exc:
+    except REDIS_FAILURES as exc:
         state.metrics.limits_unenforced.inc()
         _log.warning(f"License limits not enforced for this request: Redis unavailable ({exc})")
         return None
@@ -89,5 +87,5 @@ async def release(state: ApiState, lease: Lease | None, grant: Grant, audio_seco
             await state.limiter.record_audio(grant.license_id, audio_seconds)
         if lease is not None:
             await state.limiter.release(lease)
-    except _REDIS_FAILURES as exc:
+    except REDIS_FAILURES as exc:
         _log.warning(f"Could not update license usage in Redis ({exc}); the lease expires on its own")

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
+from api_server.errors import REDIS_FAILURES
 from api_server.workers import WorkerDirectory
 
 CACHE_S = 1.0
@@ -108,6 +108,6 @@ class HealthChecker:
         assert self._redis is not None
         try:
             await asyncio.wait_for(self._redis.ping(), timeout=self._timeout_s)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             return ComponentState("unhealthy", "Redis unavailable", {"error": type(exc).__name__})
         return ComponentState("healthy")

@@ -34,11 +34,9 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from api_server.asr_client import WorkerOptions
 from api_server.dispatch import Dispatcher
-from api_server.errors import LicenseProxyUnavailable, NoWorkers, RequestTimeout
+from api_server.errors import REDIS_FAILURES, LicenseProxyUnavailable, NoWorkers, RequestTimeout
 from api_server.job_store import Entry, JobStore, job_store_client
 from api_server.jobs import Job, error_status, job_error
 from api_server.metrics import ApiMetrics
@@ -59,7 +57,6 @@ READ_BLOCK_MS = 1000
 REDIS_RETRY_S = 1.0
 PRUNE_EVERY_S = 600.0
 PRUNE_IDLE_MS = 3_600_000
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 _TRANSIENT = (NoWorkers, RequestTimeout, LicenseProxyUnavailable)
 
 
@@ -91,7 +88,7 @@ class _Lease:
                     _log.warning(f"Job {self._job_id}: lease lost; another replica may take it over")
                     return
                 await self._store.touch(self._entry_id, self._owner)
-            except _REDIS_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 _log.warning(f"Job {self._job_id}: could not renew the lease ({exc})")
 
     async def stop(self) -> None:
@@ -175,7 +172,7 @@ class JobRunner:
                 self._redis_ok()
                 for entry in entries:
                     self._spawn(entry)
-            except _REDIS_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._redis_failed(exc)
                 await asyncio.sleep(REDIS_RETRY_S)
 
@@ -194,7 +191,7 @@ class JobRunner:
                 if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
                     self._last_prune = time.monotonic()
                     await self.store.prune_consumers(self.consumer, PRUNE_IDLE_MS)
-            except _REDIS_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._redis_failed(exc)
 
     def _redis_failed(self, exc: BaseException) -> None:
@@ -224,15 +221,15 @@ class JobRunner:
             await self._handle_entry(entry_id, job_id)
         except asyncio.CancelledError:
             if job_id is not None:
-                with contextlib.suppress(*_REDIS_FAILURES, asyncio.CancelledError):
+                with contextlib.suppress(*REDIS_FAILURES, asyncio.CancelledError):
                     await asyncio.wait_for(self.store.release(job_id, self.consumer), timeout=1.0)
             raise
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             _log.warning(f"Job {job_id}: Redis failed ({exc}); the job stays pending and is retried")
         except Exception:  # noqa: BLE001 - one job's bug must not stop the runner
             _log.exception(f"Job {job_id}: unexpected error; the job stays pending and is retried")
         if job_id is not None:
-            with contextlib.suppress(*_REDIS_FAILURES):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await self.store.release(job_id, self.consumer)
 
     async def _handle_entry(self, entry_id: str, job_id: str | None) -> None:
@@ -285,7 +282,7 @@ class JobRunner:
                 job.status, job.error = "failed", job_error(exc)
             except OyezError as exc:
                 job.status, job.error = "failed", job_error(exc)
-            except _REDIS_FAILURES:
+            except REDIS_FAILURES:
                 raise
             except Exception as exc:  # noqa: BLE001 - recorded as the job's failure
                 _log.exception(f"Job {job.job_id}: unexpected error")
@@ -342,7 +339,7 @@ class JobRunner:
         if seconds > 0:
             try:
                 await self._limiter.record_audio(job.license_id, seconds)
-            except _REDIS_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 _log.warning(f"Could not count a job's audio against the license ({exc})")
 
     async def _deliver(self, job: Job, lease: _Lease) -> bool:

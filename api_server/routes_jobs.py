@@ -13,9 +13,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from redis.exceptions import RedisError
 
-from api_server.errors import FeatureNotAvailable, JobNotFound, JobsUnavailable, MissingParameter
+from api_server.errors import (
+    REDIS_FAILURES,
+    FeatureNotAvailable,
+    JobNotFound,
+    JobsUnavailable,
+    MissingParameter,
+)
 from api_server.guard import authenticate
 from api_server.job_runner import JobRunner
 from api_server.jobs import Job, new_job_id, valid_job_id
@@ -31,7 +36,6 @@ from oyez.logs import get_logger
 
 router = APIRouter(tags=["transcription"])
 _log = get_logger("api_server.jobs")
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 STORE_RETRY_AFTER_S = 5
 
 
@@ -121,7 +125,7 @@ async def accept_job(
     )
     try:
         await runner.store.submit(job, audio)
-    except _REDIS_FAILURES as exc:
+    except REDIS_FAILURES as exc:
         raise _store_down(exc) from None
     source = f"{len(audio)} bytes of audio" if audio is not None else "an audio URL"
     _log.info(f"Job {job.job_id} accepted ({source})")
@@ -148,7 +152,7 @@ async def get_job(job_id: str, request: Request) -> JSONResponse:
     if valid_job_id(job_id):
         try:
             job = await runner.store.load(job_id)
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise _store_down(exc) from None
     if job is None or job.license_id != grant.license_id:
         raise JobNotFound("Job not found")

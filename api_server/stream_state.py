@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
 
+from api_server.errors import REDIS_FAILURES
 from oyez.logs import get_logger
 
 _log = get_logger("api_server.stream_state")
@@ -147,7 +147,6 @@ class MemorySessionStore:
         self._token.pop(session_id, None)
 
 
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 REDIS_RETRY_AFTER_S = 5.0
 
 
@@ -171,7 +170,7 @@ class MirroredSessionStore:
             return
         try:
             await write()
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             self._stale.add(session_id)
             self._down_until = time.monotonic() + REDIS_RETRY_AFTER_S
             _log.warning(
@@ -203,5 +202,5 @@ class MirroredSessionStore:
         self._stale.discard(session_id)
         if stale and time.monotonic() < self._down_until:
             return  # its keys expire on their own (SESSION_TTL_S)
-        with contextlib.suppress(*_REDIS_FAILURES):  # else its keys expire on their own
+        with contextlib.suppress(*REDIS_FAILURES):  # else its keys expire on their own
             await self._shared.delete(session_id)

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import redis.exceptions
 
+from api_server.errors import REDIS_FAILURES
 from api_server.metrics import ApiMetrics
 from api_server.usage_outbox import UsageOutbox
 from oyez.logs import get_logger
@@ -38,7 +38,6 @@ OUTBOX_WRITE_TIMEOUT_S = 1.0
 # After a failed outbox write, events go to memory only for this long: a Redis outage must not add
 # a timeout to every answer.
 OUTBOX_RETRY_AFTER_S = 5.0
-_OUTBOX_FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
 def usage_event(
@@ -98,7 +97,7 @@ class UsageSender:
             return
         try:
             pending.outbox_id = await asyncio.wait_for(self._outbox.add(event), OUTBOX_WRITE_TIMEOUT_S)
-        except _OUTBOX_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             self._outbox_down_until = time.monotonic() + OUTBOX_RETRY_AFTER_S
             _log.warning(
                 "Could not write a usage event to the Redis outbox; it is kept in memory only",
@@ -161,7 +160,7 @@ class UsageSender:
             return True
         try:
             entries = await self._outbox.orphans(self._orphan_age_s, BATCH_MAX)
-        except _OUTBOX_FAILURES:
+        except REDIS_FAILURES:
             return True  # Redis is down: nothing to sweep now; the record path reports it
         readable = [e for e in entries if e.event is not None]
         if len(readable) < len(entries):
@@ -201,7 +200,7 @@ class UsageSender:
         later, which the proxy ignores: harmless."""
         if self._outbox is None or not entry_ids:
             return
-        with contextlib.suppress(*_OUTBOX_FAILURES):
+        with contextlib.suppress(*REDIS_FAILURES):
             await self._outbox.remove(entry_ids)
 
     def _failed(self, error: str) -> None:
@@ -236,11 +235,11 @@ class StreamUsageMark:
         )
         try:
             entry_id = await asyncio.wait_for(self._outbox.add(event), OUTBOX_WRITE_TIMEOUT_S)
-        except _OUTBOX_FAILURES:
+        except REDIS_FAILURES:
             return
         previous, self._entry_id = self._entry_id, entry_id
         if previous is not None:
-            with contextlib.suppress(*_OUTBOX_FAILURES):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await self._outbox.remove([previous])
 
     async def keep(self, audio_seconds: Callable[[], float]) -> None:
@@ -257,6 +256,6 @@ class StreamUsageMark:
     async def drop(self) -> None:
         """The real event is recorded: the mark goes (if this fails, the proxy dedupes the sweep)."""
         if self._entry_id is not None:
-            with contextlib.suppress(*_OUTBOX_FAILURES):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await self._outbox.remove([self._entry_id])
             self._entry_id = None

@@ -18,14 +18,13 @@ from dataclasses import dataclass, replace
 import grpc
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.exceptions import RedisError
 
+from api_server.errors import REDIS_FAILURES
 from oyez.aio import cancel_and_wait
 from oyez.constants import REGISTRY_SET_KEY, REGISTRY_WORKER_KEY_PREFIX
 from oyez.logs import get_logger
 
 _log = get_logger("api_server.workers")
-_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 STATIC_CAPACITY = 16  # assumed for static workers, which publish nothing
 
 
@@ -201,7 +200,7 @@ class WorkerDirectory:
             gone = [worker_id for worker_id, fields in zip(ids, records, strict=True) if not fields]
             if gone:
                 await self._redis.srem(REGISTRY_SET_KEY, *gone)
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             if self._registry_ok is not False:
                 _log.warning(f"Worker registry unreadable ({exc}); using the last known workers")
             self._registry_ok = False

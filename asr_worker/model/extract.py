@@ -174,7 +174,8 @@ class _MemberChecker:
         return name
 
 
-def _disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error is the destination running out of space (or quota), not a bad archive."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -187,7 +188,7 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, ro
         else:  # pragma: no cover - Python 3.11 before 3.11.4
             tar.extract(member, root)
     except (OSError, tarfile.TarError) as exc:
-        if _disk_full(exc):
+        if is_disk_full(exc):
             raise  # the disk, not the archive: the caller says what to do about it
         raise ModelError(f"Could not extract archive member {name!r}: {exc}") from exc
     if member.isreg() and (root / name).stat().st_size != member.size:
@@ -217,7 +218,7 @@ def _extract_stream(
                         _extract_member(tar, member, name, root)
                         extracted += 1
         except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
-            if _disk_full(exc):
+            if is_disk_full(exc):
                 raise
             raise ModelError(f"{archive.name} is not a readable tar archive: {exc}") from exc
     return extracted

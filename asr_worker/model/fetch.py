@@ -24,7 +24,6 @@ local bundles need neither it nor boto3.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from asr_worker.model.bundle import sha256_file, verify_bundle
-from asr_worker.model.extract import is_archive_name, safe_extract_tar
+from asr_worker.model.extract import is_archive_name, is_disk_full, safe_extract_tar
 from oyez.errors import ModelCacheFull, ModelError
 from oyez.logs import get_logger
 
@@ -505,7 +504,7 @@ def _materialize(source: _Source, cache_dir: Path, expected_sha256: str | None, 
         try:
             archive = _obtain_archive(source, part, options)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
+            if not is_disk_full(exc):
                 raise
             part.unlink(missing_ok=True)  # a partial download must not keep the disk full
             raise _cache_full(cache_dir, source, exc) from exc
@@ -519,7 +518,7 @@ def _materialize(source: _Source, cache_dir: Path, expected_sha256: str | None, 
             }
             _install(archive, target, cache_dir, key, marker)
         except OSError as exc:
-            if exc.errno not in _DISK_FULL:
+            if not is_disk_full(exc):
                 raise
             raise _cache_full(cache_dir, source, exc) from exc
         finally:
@@ -527,9 +526,6 @@ def _materialize(source: _Source, cache_dir: Path, expected_sha256: str | None, 
                 archive.unlink(missing_ok=True)
     _log().info("Model ready", path=str(target), url=source.safe_url)
     return target
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _cache_full(cache_dir: Path, source: _Source, exc: OSError) -> ModelCacheFull:
